@@ -1,0 +1,1 @@
+//! Metrics that agree with the reference libraries: retrieval, generation, faithfulness, classification and significance tests.

@@ -1,0 +1,1 @@
+//! Dense retriever fine-tuning: DPR, Contriever and ColBERT with contrastive losses, HNSW hard-negative mining and distillation.

@@ -1,0 +1,60 @@
+//! Benchmarks: each runs ragtune and its Python peer on the same workload in one run, measures
+//! throughput and peak RSS of each as a child process, and prints the ratios.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum Bench {}
+
+pub fn run(_root: &Path, which: Bench) -> Result<()> {
+    match which {}
+}
+
+/// What one side of a benchmark used: wall time and the peak resident set of the process tree's largest child.
+#[allow(dead_code)]
+pub struct Measured {
+    pub seconds: f64,
+    pub peak_rss_mib: f64,
+    pub stdout: String,
+}
+
+/// Runs `cmd` to completion and reads its peak RSS from the kernel's rusage, so no sampling is missed.
+#[allow(dead_code)]
+pub fn measure(cmd: &mut Command, what: &str) -> Result<Measured> {
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {what}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout {
+        use std::io::Read;
+        out.read_to_string(&mut stdout)?;
+    }
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data, and wait4 fills it for the child we spawned and still own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc < 0 {
+        bail!(
+            "wait4 on {what} failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let exit = std::process::ExitStatus::from_raw(status);
+    if !exit.success() {
+        bail!("{what} failed ({exit}); its output:\n{stdout}");
+    }
+    Ok(Measured {
+        seconds,
+        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        stdout,
+    })
+}
