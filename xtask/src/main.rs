@@ -78,9 +78,9 @@ fn main() -> Result<()> {
             clippy(&root)
         }
         Task::Bench { which } => {
-            setup::run(&root)?;
+            let python = setup::run(&root)?;
             cargo(&root, &["build", "--release", "-p", "ragtune-cli"])?;
-            bench::run(&root, which)
+            bench::run(&root, &python, which)
         }
     }
 }

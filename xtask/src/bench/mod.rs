@@ -7,10 +7,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+// One file per benchmark under bench/, each with a `run(root, python)` that prints its table.
 #[derive(Subcommand)]
 pub enum Bench {}
 
-pub fn run(_root: &Path, which: Bench) -> Result<()> {
+pub fn run(_root: &Path, _python: &Path, which: Bench) -> Result<()> {
     match which {}
 }
 
