@@ -1,0 +1,35 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong while mining, training, evaluating or exporting a retriever.
+/// Each variant names the file (and row or field, where there is one).
+#[derive(Debug, thiserror::Error)]
+pub enum RetrieverError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+
+    #[error(transparent)]
+    Model(#[from] ragtune_models::ModelError),
+
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = RetrieverError> = std::result::Result<T, E>;
+
+impl RetrieverError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        RetrieverError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
