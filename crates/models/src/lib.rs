@@ -2,8 +2,16 @@
 //!
 //! This crate knows no datasets: it takes tensors and strings, and gives tensors and strings back.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod generation;
+pub mod gguf;
+pub mod gguf_convert;
+pub mod gguf_tokenizer;
+pub mod llama;
+pub mod llama_load;
+pub mod llama_tokenizer;
 
 pub use error::{ModelError, Result};
