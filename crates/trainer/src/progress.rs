@@ -1,0 +1,50 @@
+//! The progress bar: step, loss, throughput and ETA. Hidden when stderr is not a terminal (CI,
+//! tests, logs piped to a file), where metrics.jsonl is the record anyway.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+
+#[derive(Debug)]
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    /// A bar over `total_steps` optimizer steps, starting at `start_step` (non-zero when resumed).
+    pub fn new(total_steps: u64, start_step: u64, enabled: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(
+            Some(total_steps),
+            if enabled && std::io::stderr().is_terminal() {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+                .expect("a valid template"),
+        );
+        bar.set_position(start_step);
+        bar.reset_eta();
+        Progress { bar }
+    }
+
+    pub fn update(&self, step: u64, loss: f64, examples_per_s: f64) {
+        self.bar.set_position(step);
+        self.bar
+            .set_message(format!("loss {loss:.4}  {examples_per_s:.1} ex/s"));
+    }
+
+    /// Prints a line above the bar (or plainly when the bar is hidden).
+    pub fn println(&self, message: impl AsRef<str>) {
+        if self.bar.is_hidden() {
+            eprintln!("{}", message.as_ref());
+        } else {
+            self.bar.println(message.as_ref());
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish();
+    }
+}
