@@ -2,9 +2,11 @@
 //!
 //! This crate knows no datasets: it takes tensors and strings, and gives tensors and strings back.
 
+pub mod bert;
 pub mod chat;
 pub mod checkpoint;
 pub mod device;
+pub mod encoder;
 pub mod error;
 pub mod generation;
 pub mod gguf;
@@ -13,5 +15,7 @@ pub mod gguf_tokenizer;
 pub mod llama;
 pub mod llama_load;
 pub mod llama_tokenizer;
+pub mod pooling;
+pub mod tokenize;
 
 pub use error::{ModelError, Result};

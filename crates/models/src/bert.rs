@@ -1,0 +1,701 @@
+//! BERT encoders (Devlin et al., 2019) on a `tch::nn::VarStore`, with an optional masked-language-model head.
+//!
+//! Variables carry Hugging Face's names (`embeddings.word_embeddings.weight`,
+//! `encoder.layer.0.attention.self.query.weight`, ...), so a fine-tuned model saves back as a
+//! checkpoint that transformers and sentence-transformers load unchanged. Loading accepts the
+//! `bert.` prefix or its absence, and the legacy `LayerNorm.gamma`/`.beta` names.
+
+use crate::checkpoint::{load_safetensors, refuse_pickle, save_safetensors};
+use crate::{ModelError, Result};
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenAct {
+    Gelu,
+    #[serde(alias = "gelu_pytorch_tanh")]
+    GeluNew,
+    Relu,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    pub hidden_act: HiddenAct,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: i64,
+    #[serde(default = "default_position_embedding_type")]
+    pub position_embedding_type: String,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_type_vocab_size() -> i64 {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_position_embedding_type() -> String {
+    "absolute".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl BertConfig {
+    /// Reads a transformers `config.json`, refusing settings this implementation does not cover.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let config: BertConfig = serde_json::from_str(&text)
+            .map_err(|e| ModelError::format(path, format!("not a BERT config: {e}")))?;
+        if config.position_embedding_type != "absolute" {
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "position_embedding_type `{}` is not supported (only `absolute`)",
+                    config.position_embedding_type
+                ),
+            ));
+        }
+        if config.hidden_size % config.num_attention_heads != 0 {
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {}",
+                    config.hidden_size, config.num_attention_heads
+                ),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+impl HiddenAct {
+    fn apply(self, xs: &Tensor) -> Tensor {
+        match self {
+            HiddenAct::Gelu => xs.gelu("none"),
+            HiddenAct::GeluNew => xs.gelu("tanh"),
+            HiddenAct::Relu => xs.relu(),
+        }
+    }
+}
+
+fn layer_norm(p: nn::Path, config: &BertConfig) -> nn::LayerNorm {
+    let ln_config = nn::LayerNormConfig {
+        eps: config.layer_norm_eps,
+        ..Default::default()
+    };
+    nn::layer_norm(p, vec![config.hidden_size], ln_config)
+}
+
+#[derive(Debug)]
+pub struct BertEmbeddings {
+    pub word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: nn::Embedding,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertEmbeddings {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        let emb = |name: &str, n: i64| {
+            nn::embedding(&p / name, n, config.hidden_size, Default::default())
+        };
+        Self {
+            word_embeddings: emb("word_embeddings", config.vocab_size),
+            position_embeddings: emb("position_embeddings", config.max_position_embeddings),
+            token_type_embeddings: emb("token_type_embeddings", config.type_vocab_size),
+            layer_norm: layer_norm(&p / "LayerNorm", config),
+            dropout: config.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward_t(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
+        let seq_len = input_ids.size()[1];
+        let position_ids = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let embeddings = self.word_embeddings.forward(input_ids)
+            + self.token_type_embeddings.forward(token_type_ids)
+            + self.position_embeddings.forward(&position_ids);
+        self.layer_norm
+            .forward(&embeddings)
+            .dropout(self.dropout, train)
+    }
+}
+
+#[derive(Debug)]
+pub struct BertSelfAttention {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    num_heads: i64,
+    head_dim: i64,
+    dropout: f64,
+}
+
+impl BertSelfAttention {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        let h = config.hidden_size;
+        Self {
+            query: nn::linear(&p / "query", h, h, Default::default()),
+            key: nn::linear(&p / "key", h, h, Default::default()),
+            value: nn::linear(&p / "value", h, h, Default::default()),
+            num_heads: config.num_attention_heads,
+            head_dim: h / config.num_attention_heads,
+            dropout: config.attention_probs_dropout_prob,
+        }
+    }
+
+    /// `additive_mask` is `[batch, 1, 1, seq]`: 0 where a key may be attended, a large negative where not.
+    pub fn forward_t(&self, hidden: &Tensor, additive_mask: &Tensor, train: bool) -> Tensor {
+        let (batch, seq, hidden_size) = hidden
+            .size3()
+            .expect("hidden states are [batch, seq, hidden]");
+        let heads = |xs: Tensor| {
+            xs.view([batch, seq, self.num_heads, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = heads(self.query.forward(hidden));
+        let k = heads(self.key.forward(hidden));
+        let v = heads(self.value.forward(hidden));
+        let dropout = if train { self.dropout } else { 0.0 };
+        Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(additive_mask),
+            dropout,
+            false,
+            None,
+            false,
+        )
+        .transpose(1, 2)
+        .contiguous()
+        .view([batch, seq, hidden_size])
+    }
+}
+
+/// The projection and residual layer norm after self-attention (`attention.output`).
+#[derive(Debug)]
+pub struct BertSelfOutput {
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertSelfOutput {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        let h = config.hidden_size;
+        Self {
+            dense: nn::linear(&p / "dense", h, h, Default::default()),
+            layer_norm: layer_norm(&p / "LayerNorm", config),
+            dropout: config.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        let projected = self.dense.forward(hidden).dropout(self.dropout, train);
+        self.layer_norm.forward(&(projected + residual))
+    }
+}
+
+#[derive(Debug)]
+pub struct BertAttention {
+    self_attention: BertSelfAttention,
+    output: BertSelfOutput,
+}
+
+impl BertAttention {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        Self {
+            self_attention: BertSelfAttention::new(&p / "self", config),
+            output: BertSelfOutput::new(&p / "output", config),
+        }
+    }
+
+    pub fn forward_t(&self, hidden: &Tensor, additive_mask: &Tensor, train: bool) -> Tensor {
+        let attended = self.self_attention.forward_t(hidden, additive_mask, train);
+        self.output.forward_t(&attended, hidden, train)
+    }
+}
+
+/// The feed-forward expansion (`intermediate`).
+#[derive(Debug)]
+pub struct BertIntermediate {
+    dense: nn::Linear,
+    act: HiddenAct,
+}
+
+impl BertIntermediate {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        Self {
+            dense: nn::linear(
+                &p / "dense",
+                config.hidden_size,
+                config.intermediate_size,
+                Default::default(),
+            ),
+            act: config.hidden_act,
+        }
+    }
+
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        self.act.apply(&self.dense.forward(hidden))
+    }
+}
+
+/// The feed-forward contraction and residual layer norm (`output`).
+#[derive(Debug)]
+pub struct BertOutput {
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertOutput {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        Self {
+            dense: nn::linear(
+                &p / "dense",
+                config.intermediate_size,
+                config.hidden_size,
+                Default::default(),
+            ),
+            layer_norm: layer_norm(&p / "LayerNorm", config),
+            dropout: config.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        let projected = self.dense.forward(hidden).dropout(self.dropout, train);
+        self.layer_norm.forward(&(projected + residual))
+    }
+}
+
+#[derive(Debug)]
+pub struct BertLayer {
+    attention: BertAttention,
+    intermediate: BertIntermediate,
+    output: BertOutput,
+}
+
+impl BertLayer {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        Self {
+            attention: BertAttention::new(&p / "attention", config),
+            intermediate: BertIntermediate::new(&p / "intermediate", config),
+            output: BertOutput::new(&p / "output", config),
+        }
+    }
+
+    pub fn forward_t(&self, hidden: &Tensor, additive_mask: &Tensor, train: bool) -> Tensor {
+        let attended = self.attention.forward_t(hidden, additive_mask, train);
+        let expanded = self.intermediate.forward(&attended);
+        self.output.forward_t(&expanded, &attended, train)
+    }
+}
+
+#[derive(Debug)]
+pub struct BertEncoder {
+    layers: Vec<BertLayer>,
+}
+
+impl BertEncoder {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        let layers_path = &p / "layer";
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::new(&layers_path / i, config))
+            .collect();
+        Self { layers }
+    }
+}
+
+/// `tanh(dense(h[CLS]))`, kept only so that checkpoints which carry it save back whole.
+#[derive(Debug)]
+pub struct BertPooler {
+    dense: nn::Linear,
+}
+
+impl BertPooler {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        let h = config.hidden_size;
+        Self {
+            dense: nn::linear(&p / "dense", h, h, Default::default()),
+        }
+    }
+
+    pub fn forward(&self, last_hidden_state: &Tensor) -> Tensor {
+        self.dense.forward(&last_hidden_state.select(1, 0)).tanh()
+    }
+}
+
+#[derive(Debug)]
+pub struct BertModel {
+    pub embeddings: BertEmbeddings,
+    pub encoder: BertEncoder,
+    pub pooler: Option<BertPooler>,
+    pub config: BertConfig,
+}
+
+/// Inputs of one padded batch. `attention_mask` is 1 for real tokens and 0 for padding;
+/// `token_type_ids` defaults to all zeros.
+#[derive(Debug)]
+pub struct BertInput<'a> {
+    pub input_ids: &'a Tensor,
+    pub attention_mask: &'a Tensor,
+    pub token_type_ids: Option<&'a Tensor>,
+}
+
+impl BertModel {
+    /// Builds the model under `p` (the var store root for a bare encoder, `root / "bert"` inside heads).
+    pub fn new(p: nn::Path, config: &BertConfig, with_pooler: bool) -> Self {
+        Self {
+            embeddings: BertEmbeddings::new(&p / "embeddings", config),
+            encoder: BertEncoder::new(&p / "encoder", config),
+            pooler: with_pooler.then(|| BertPooler::new(&p / "pooler", config)),
+            config: config.clone(),
+        }
+    }
+
+    /// Loads `dir` (config.json + model.safetensors) into a fresh var store on `device`, cast to `kind`.
+    /// Heads in the checkpoint (`cls.*`) are skipped; a pooler is kept when the checkpoint has one.
+    pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self)> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let (weights_path, tensors) = read_weights(dir)?;
+        let with_pooler = tensors.keys().any(|k| k.contains("pooler."));
+        let mut vs = nn::VarStore::new(device);
+        let model = BertModel::new(vs.root(), &config, with_pooler);
+        load_into(&mut vs, &weights_path, tensors, Prefix::None, &["cls."])?;
+        cast(&mut vs, kind)?;
+        Ok((vs, model))
+    }
+
+    fn additive_mask(&self, attention_mask: &Tensor, kind: Kind) -> Tensor {
+        // A large finite negative rather than -inf, so that a row with no visible key stays finite.
+        let blocked: Tensor = (1.0 - attention_mask.to_kind(Kind::Float)) * -1e9_f64;
+        blocked.unsqueeze(1).unsqueeze(1).to_kind(kind)
+    }
+
+    fn run(&self, input: &BertInput, train: bool, mut each: impl FnMut(&Tensor)) -> Tensor {
+        let zeros;
+        let token_type_ids = match input.token_type_ids {
+            Some(t) => t,
+            None => {
+                zeros = input.input_ids.zeros_like();
+                &zeros
+            }
+        };
+        let mut hidden = self
+            .embeddings
+            .forward_t(input.input_ids, token_type_ids, train);
+        let mask = self.additive_mask(input.attention_mask, hidden.kind());
+        each(&hidden);
+        for layer in &self.encoder.layers {
+            hidden = layer.forward_t(&hidden, &mask, train);
+            each(&hidden);
+        }
+        hidden
+    }
+
+    /// The last hidden state, `[batch, seq, hidden]`. Dropout applies when `train` is true.
+    pub fn forward_t(&self, input: &BertInput, train: bool) -> Tensor {
+        self.run(input, train, |_| {})
+    }
+
+    /// Every hidden state as transformers' `output_hidden_states` gives them: the embedding output
+    /// first, then one per layer (`num_hidden_layers + 1` tensors), the last being the last hidden state.
+    pub fn hidden_states_t(&self, input: &BertInput, train: bool) -> Vec<Tensor> {
+        let mut states = Vec::with_capacity(self.encoder.layers.len() + 1);
+        let _last = self.run(input, train, |h| states.push(h.shallow_clone()));
+        states
+    }
+
+    pub fn hidden_size(&self) -> i64 {
+        self.config.hidden_size
+    }
+}
+
+/// The MLM head's transform plus a decoder tied to the word embeddings (`cls.predictions.*`).
+#[derive(Debug)]
+pub struct BertLmPredictionHead {
+    dense: nn::Linear,
+    act: HiddenAct,
+    layer_norm: nn::LayerNorm,
+    decoder_weight: Tensor,
+    bias: Tensor,
+}
+
+impl BertLmPredictionHead {
+    pub fn new(p: nn::Path, config: &BertConfig, word_embeddings: &nn::Embedding) -> Self {
+        let transform = &p / "transform";
+        let decoder_weight = if config.tie_word_embeddings {
+            word_embeddings.ws.shallow_clone()
+        } else {
+            (&p / "decoder").var(
+                "weight",
+                &[config.vocab_size, config.hidden_size],
+                nn::Init::Const(0.),
+            )
+        };
+        Self {
+            dense: nn::linear(
+                &transform / "dense",
+                config.hidden_size,
+                config.hidden_size,
+                Default::default(),
+            ),
+            act: config.hidden_act,
+            layer_norm: layer_norm(&transform / "LayerNorm", config),
+            decoder_weight,
+            bias: p.zeros("bias", &[config.vocab_size]),
+        }
+    }
+
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        let transformed = self
+            .layer_norm
+            .forward(&self.act.apply(&self.dense.forward(hidden)));
+        transformed.linear(&self.decoder_weight, Some(&self.bias))
+    }
+}
+
+/// `BertForMaskedLM`: the encoder under `bert.` and the prediction head under `cls.predictions.`.
+#[derive(Debug)]
+pub struct BertForMaskedLM {
+    pub bert: BertModel,
+    pub head: BertLmPredictionHead,
+}
+
+impl BertForMaskedLM {
+    pub fn new(p: nn::Path, config: &BertConfig) -> Self {
+        let bert = BertModel::new(&p / "bert", config, false);
+        let head = BertLmPredictionHead::new(
+            &p / "cls" / "predictions",
+            config,
+            &bert.embeddings.word_embeddings,
+        );
+        Self { bert, head }
+    }
+
+    /// Loads a checkpoint that has an MLM head (`cls.predictions.*`); errors if it has none.
+    /// A pooler in the checkpoint is skipped.
+    pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self)> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let (weights_path, tensors) = read_weights(dir)?;
+        if !tensors.keys().any(|k| k.starts_with("cls.predictions.")) {
+            return Err(ModelError::format(
+                &weights_path,
+                "no masked-language-model head (`cls.predictions.*`) in this checkpoint",
+            ));
+        }
+        let mut vs = nn::VarStore::new(device);
+        let model = BertForMaskedLM::new(vs.root(), &config);
+        load_into(
+            &mut vs,
+            &weights_path,
+            tensors,
+            Prefix::Bert,
+            &["bert.pooler.", "cls.seq_relationship."],
+        )?;
+        cast(&mut vs, kind)?;
+        Ok((vs, model))
+    }
+
+    /// Vocabulary logits, `[batch, seq, vocab]`.
+    pub fn forward_t(&self, input: &BertInput, train: bool) -> Tensor {
+        self.head.forward(&self.bert.forward_t(input, train))
+    }
+
+    /// SPLADE term weights, `[batch, vocab]`: max over real tokens of `log1p(relu(logits))`.
+    pub fn splade_t(&self, input: &BertInput, train: bool) -> Tensor {
+        splade_pool(&self.forward_t(input, train), input.attention_mask)
+    }
+}
+
+/// Max over unmasked tokens of `log1p(relu(logits))`; padding contributes 0, the floor of the activation.
+pub fn splade_pool(logits: &Tensor, attention_mask: &Tensor) -> Tensor {
+    let activated = logits.relu().log1p();
+    let mask = attention_mask.unsqueeze(-1).to_kind(activated.kind());
+    (activated * mask).amax([1], false)
+}
+
+/// Where the encoder's variables sit in the var store being loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    /// A bare encoder: `embeddings.*`, `encoder.*`, `pooler.*`.
+    None,
+    /// Inside a head model: `bert.embeddings.*`, ...
+    Bert,
+}
+
+const ENCODER_PARTS: &[&str] = &["embeddings.", "encoder.", "pooler."];
+
+/// Rewrites a checkpoint key into the var store's naming: modern LayerNorm names, and the
+/// `bert.` prefix added or removed as `prefix` requires.
+pub fn canonical_name(key: &str, prefix: Prefix) -> String {
+    let key = if let Some(stem) = key.strip_suffix(".LayerNorm.gamma") {
+        format!("{stem}.LayerNorm.weight")
+    } else if let Some(stem) = key.strip_suffix(".LayerNorm.beta") {
+        format!("{stem}.LayerNorm.bias")
+    } else {
+        key.to_string()
+    };
+    let is_encoder = |k: &str| ENCODER_PARTS.iter().any(|p| k.starts_with(p));
+    match prefix {
+        Prefix::None => match key.strip_prefix("bert.") {
+            Some(rest) if is_encoder(rest) => rest.to_string(),
+            _ => key,
+        },
+        Prefix::Bert if is_encoder(&key) => format!("bert.{key}"),
+        Prefix::Bert => key,
+    }
+}
+
+/// The weights file of a model folder (or the file itself): safetensors only, pickles refused.
+pub fn weights_file(dir_or_file: &Path) -> Result<PathBuf> {
+    if dir_or_file.is_file() {
+        refuse_pickle(dir_or_file)?;
+        return Ok(dir_or_file.to_path_buf());
+    }
+    let safetensors = dir_or_file.join("model.safetensors");
+    if safetensors.is_file() {
+        return Ok(safetensors);
+    }
+    for pickle in ["pytorch_model.bin", "model.pt", "model.pth"] {
+        let path = dir_or_file.join(pickle);
+        if path.is_file() {
+            refuse_pickle(&path)?;
+        }
+    }
+    Err(ModelError::MissingTensor {
+        path: safetensors,
+        name: "(the whole file: no model.safetensors in this folder)".into(),
+    })
+}
+
+fn read_weights(dir_or_file: &Path) -> Result<(PathBuf, HashMap<String, Tensor>)> {
+    let path = weights_file(dir_or_file)?;
+    let tensors = load_safetensors(&path, Device::Cpu)?;
+    Ok((path, tensors))
+}
+
+/// Copies checkpoint `tensors` (read from `path`) into every variable of `vs`, mapping names with
+/// [`canonical_name`]. Keys under `skip` (heads the caller did not build) and `position_ids`
+/// buffers are ignored; any other unexpected key, and any variable left without a value, is an error.
+pub fn load_into(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    tensors: HashMap<String, Tensor>,
+    prefix: Prefix,
+    skip: &[&str],
+) -> Result<()> {
+    let mut variables = vs.variables();
+    let tied_decoder = "cls.predictions.decoder.weight";
+    let mut loaded = BTreeSet::new();
+    let mut unexpected = Vec::new();
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, tensor) in sorted {
+        let mut name = canonical_name(&key, prefix);
+        if name == "cls.predictions.decoder.bias" && !variables.contains_key(&name) {
+            name = "cls.predictions.bias".into();
+        }
+        if name.ends_with("position_ids")
+            || skip
+                .iter()
+                .any(|s| name.starts_with(s) || key.starts_with(s))
+            || (name == tied_decoder && !variables.contains_key(tied_decoder))
+        {
+            continue;
+        }
+        let Some(var) = variables.get_mut(&name) else {
+            unexpected.push(key);
+            continue;
+        };
+        if var.size() != tensor.size() {
+            return Err(ModelError::Shape {
+                path: path.to_path_buf(),
+                name: key,
+                expected: var.size(),
+                actual: tensor.size(),
+            });
+        }
+        tch::no_grad(|| var.f_copy_(&tensor))?;
+        loaded.insert(name);
+    }
+    if let Some(key) = unexpected.first() {
+        return Err(ModelError::format(
+            path,
+            format!(
+                "unexpected tensor `{key}` ({} unexpected in all: {}); this is not the BERT layout ragtune expects",
+                unexpected.len(),
+                unexpected.join(", ")
+            ),
+        ));
+    }
+    let mut missing: Vec<_> = variables
+        .keys()
+        .filter(|name| !loaded.contains(*name))
+        .cloned()
+        .collect();
+    missing.sort();
+    if let Some(name) = missing.first() {
+        return Err(ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            name: if missing.len() == 1 {
+                name.clone()
+            } else {
+                format!(
+                    "{name}` and {} more: `{}",
+                    missing.len() - 1,
+                    missing[1..].join("`, `")
+                )
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Casts every float variable to `kind` (Float, BFloat16 or Half).
+pub fn cast(vs: &mut nn::VarStore, kind: Kind) -> Result<()> {
+    match kind {
+        Kind::Float => vs.float(),
+        Kind::BFloat16 => vs.bfloat16(),
+        Kind::Half => vs.half(),
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "model weights of kind {other:?}; use Float, BFloat16 or Half"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Saves every variable of `vs` under its Hugging Face name as safetensors (atomically).
+/// Tied weights are saved once, as transformers does.
+pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    save_safetensors(path, &tensors)
+}
