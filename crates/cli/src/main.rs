@@ -1,6 +1,8 @@
 //! `ragtune`: the command line over the library crates. Each subcommand group lives in its own module;
 //! the libraries know nothing of this crate.
 
+mod embed;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -23,12 +25,15 @@ struct Cli {
 enum Command {
     /// Show which device ragtune would use and what libtorch sees.
     Device,
+    /// Sentence embeddings of a JSONL or Parquet file, written as Parquet.
+    Embed(embed::Args),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let device = ragtune_models::device::parse_device(&cli.device)?;
     match cli.command {
+        Command::Embed(args) => embed::run(args, device),
         Command::Device => {
             println!("device: {device:?}");
             println!(

@@ -1,6 +1,8 @@
 //! Benchmarks: each runs ragtune and its Python peer on the same workload in one run, measures
 //! throughput and peak RSS of each as a child process, and prints the ratios.
 
+mod encode;
+
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use std::path::Path;
@@ -9,10 +11,15 @@ use std::time::Instant;
 
 // One file per benchmark under bench/, each with a `run(root, python)` that prints its table.
 #[derive(Subcommand)]
-pub enum Bench {}
+pub enum Bench {
+    /// `ragtune embed` vs sentence-transformers encode() on all-MiniLM-L6-v2 (CPU).
+    Encode(encode::EncodeArgs),
+}
 
-pub fn run(_root: &Path, _python: &Path, which: Bench) -> Result<()> {
-    match which {}
+pub fn run(root: &Path, python: &Path, which: Bench) -> Result<()> {
+    match which {
+        Bench::Encode(args) => encode::run(root, python, args),
+    }
 }
 
 /// What one side of a benchmark used: wall time and the peak resident set of the process tree's largest child.
