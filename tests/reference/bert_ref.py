@@ -9,6 +9,9 @@ JSON on stdin, JSON on stdout. Tasks:
       -> {"input_ids": [[...]], "hidden_states": [layer][text][token][hidden],
           "logits": [text][token][vocab], "splade": [text][vocab], "saved_max_abs_diff": float?}
      transformers' BertModel (all hidden states, unpadded per text) and BertForMaskedLM.
+  {"task": "pooling", "token_embeddings": [b][s][h], "attention_mask": [b][s], "modes": [...]}
+      -> {"pooled": {mode: [b][h]}, "normalized": {mode: [b][h]}}
+     sentence-transformers' Pooling module for each mode, and its Normalize module after it.
 """
 
 import json
@@ -64,6 +67,21 @@ def bert_task(req):
     return out
 
 
+def pooling_task(req):
+    from sentence_transformers.base.modules.normalize import Normalize
+    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
+    tokens = torch.tensor(req["token_embeddings"], dtype=torch.float32)
+    mask = torch.tensor(req["attention_mask"], dtype=torch.int64)
+    pooled, normalized = {}, {}
+    for mode in req["modes"]:
+        module = Pooling(tokens.shape[-1], pooling_mode=mode)
+        features = module({"token_embeddings": tokens, "attention_mask": mask})
+        pooled[mode] = features["sentence_embedding"].tolist()
+        normalized[mode] = Normalize()(features)["sentence_embedding"].tolist()
+    return {"pooled": pooled, "normalized": normalized}
+
+
 def main():
     req = json.load(sys.stdin)
     task = req["task"]
@@ -71,6 +89,8 @@ def main():
         out = sentence_transformers_task(req)
     elif task == "bert":
         out = bert_task(req)
+    elif task == "pooling":
+        out = pooling_task(req)
     else:
         raise SystemExit(f"unknown task {task!r}")
     json.dump(out, sys.stdout)
