@@ -127,6 +127,8 @@ fn list_of_negatives() -> DataType {
 }
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    // Arrow needs an exact size up front; flattened iterators do not report one.
+    let values: Vec<&str> = values.collect();
     Arc::new(StringArray::from_iter_values(values))
 }
 
@@ -135,7 +137,8 @@ fn opt_strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
 }
 
 fn string_lists<'a>(lists: impl Iterator<Item = &'a [String]> + Clone) -> ArrayRef {
-    let values = StringArray::from_iter_values(lists.clone().flatten());
+    let values: Vec<&String> = lists.clone().flatten().collect();
+    let values = StringArray::from_iter_values(values);
     let offsets = OffsetBuffer::from_lengths(lists.map(|l| l.len()));
     let field = Arc::new(Field::new("item", DataType::Utf8, false));
     Arc::new(ListArray::new(field, offsets, Arc::new(values), None))
@@ -312,7 +315,9 @@ impl Record for Triplet {
             vec![
                 strings(negs().map(|n| n.doc_id.as_str())),
                 strings(negs().map(|n| n.text.as_str())),
-                Arc::new(Float32Array::from_iter_values(negs().map(|n| n.score))),
+                Arc::new(Float32Array::from(
+                    negs().map(|n| n.score).collect::<Vec<_>>(),
+                )),
             ],
             None,
         )

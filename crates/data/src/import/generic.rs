@@ -110,7 +110,7 @@ impl At<'_> {
         let field = if source == column {
             column.to_owned()
         } else {
-            format!("{source}` (mapped to `{column}")
+            format!("{source} (mapped to {column})")
         };
         DataError::bad(self.path, Location::Line(self.line), Some(&field), message)
     }

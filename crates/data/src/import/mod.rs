@@ -9,7 +9,7 @@ mod generic;
 mod msmarco;
 mod squad;
 
-pub use beir::import_beir;
+pub use beir::{import_beir, parse_qrel_line};
 pub use fanoutqa::{import_fanoutqa, parse_fanoutqa};
 pub use faq::import_faq;
 pub use generic::{
