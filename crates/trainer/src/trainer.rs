@@ -394,13 +394,15 @@ impl Trainer {
 
     fn non_finite(&mut self, what: &'static str, value: f64) -> TrainerError {
         // The error itself matters more than logging it, so a failed log write is not reported.
+        // Numbered as the train records are: step n is the n-th optimizer step.
+        let step = self.step + 1;
         let _ = self.metrics.append(&json!({
-            "type": "error", "step": self.step, "error": format!("non-finite {what}"),
+            "type": "error", "step": step, "error": format!("non-finite {what}"),
         }));
         TrainerError::NonFinite {
             what,
             value,
-            step: self.step,
+            step,
             last_checkpoint: self.last_checkpoint.clone(),
         }
     }
