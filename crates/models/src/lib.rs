@@ -15,6 +15,7 @@ pub mod gguf_tokenizer;
 pub mod llama;
 pub mod llama_load;
 pub mod llama_tokenizer;
+pub mod peft;
 pub mod pooling;
 pub mod tokenize;
 

@@ -295,6 +295,22 @@ impl Module for RmsNorm {
     }
 }
 
+/// What a parameter-efficient method (LoRA, IA3, prefix tuning, ...) needs to change a Llama
+/// without touching its weights. The model calls it for every projection; returning `None` keeps
+/// the base projection, so a model without an adapter computes exactly what it did before.
+pub trait DecoderAdapter: std::fmt::Debug {
+    /// The output of projection `module` of layer `layer` (`self_attn.q_proj`, `mlp.down_proj`, ...)
+    /// for input `xs`, in place of `base.forward(xs)`.
+    fn project(&self, layer: usize, module: &str, xs: &Tensor, base: &nn::Linear) -> Option<Tensor>;
+}
+
+type Hook<'a> = Option<(&'a dyn DecoderAdapter, usize)>;
+
+fn project(base: &nn::Linear, xs: &Tensor, hook: Hook, module: &str) -> Tensor {
+    hook.and_then(|(adapter, layer)| adapter.project(layer, module, xs, base))
+        .unwrap_or_else(|| base.forward(xs))
+}
+
 fn linear(p: nn::Path, inputs: i64, outputs: i64) -> nn::Linear {
     nn::linear(
         p,
@@ -340,12 +356,13 @@ impl Attention {
         rope: &(Tensor, Tensor),
         mask: Option<&Tensor>,
         cache: Option<&mut (Tensor, Tensor)>,
+        hook: Hook,
     ) -> Tensor {
         let (b, t, _) = xs.size3().expect("hidden states are [batch, seq, hidden]");
         let heads = |x: Tensor, n: i64| x.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs), self.num_heads);
-        let k = heads(self.k_proj.forward(xs), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(xs), self.num_kv_heads);
+        let q = heads(project(&self.q_proj, xs, hook, "self_attn.q_proj"), self.num_heads);
+        let k = heads(project(&self.k_proj, xs, hook, "self_attn.k_proj"), self.num_kv_heads);
+        let v = heads(project(&self.v_proj, xs, hook, "self_attn.v_proj"), self.num_kv_heads);
         let (cos, sin) = rope;
         let q = apply_rope(&q, cos, sin);
         let mut k = apply_rope(&k, cos, sin);
@@ -372,8 +389,8 @@ impl Attention {
             scale,
             false,
         );
-        self.o_proj
-            .forward(&out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]))
+        let out = out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        project(&self.o_proj, &out, hook, "self_attn.o_proj")
     }
 }
 
@@ -408,8 +425,15 @@ pub struct Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        self.down_proj
-            .forward(&(self.gate_proj.forward(xs).silu() * self.up_proj.forward(xs)))
+        self.forward_hooked(xs, None)
+    }
+}
+
+impl Mlp {
+    fn forward_hooked(&self, xs: &Tensor, hook: Hook) -> Tensor {
+        let gate = project(&self.gate_proj, xs, hook, "mlp.gate_proj").silu();
+        let up = project(&self.up_proj, xs, hook, "mlp.up_proj");
+        project(&self.down_proj, &(gate * up), hook, "mlp.down_proj")
     }
 }
 
@@ -436,6 +460,12 @@ impl KvCache {
         }
     }
 
+    /// A cache that starts with the given per-layer keys and values (prefix tuning's learned
+    /// prefixes, which are already in the rotated key space).
+    pub fn from_layers(layers: Vec<(Tensor, Tensor)>) -> Self {
+        KvCache { layers }
+    }
+
     /// Tokens already cached (0 before the first forward).
     pub fn seq_len(&self) -> i64 {
         self.layers
@@ -456,6 +486,7 @@ pub struct Llama {
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<nn::Linear>,
     inv_freq: Tensor,
+    adapter: Option<std::sync::Arc<dyn DecoderAdapter>>,
 }
 
 impl Llama {
@@ -502,7 +533,17 @@ impl Llama {
             lm_head: (!config.tie_word_embeddings)
                 .then(|| linear(root / "lm_head", config.hidden_size, config.vocab_size)),
             inv_freq,
+            adapter: None,
         })
+    }
+
+    /// Puts `adapter` in front of every projection (`None` runs the plain base model again).
+    pub fn set_adapter(&mut self, adapter: Option<std::sync::Arc<dyn DecoderAdapter>>) {
+        self.adapter = adapter;
+    }
+
+    pub fn adapter(&self) -> Option<&std::sync::Arc<dyn DecoderAdapter>> {
+        self.adapter.as_ref()
     }
 
     /// Final hidden states (after the last norm), `[batch, seq, hidden]`.
@@ -515,13 +556,29 @@ impl Llama {
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let (b, t) = input_ids.size2().map_err(|_| {
+        input_ids.size2().map_err(|_| {
             ModelError::Invalid(format!("input_ids must be [batch, seq], got {:?}", input_ids.size()))
         })?;
+        let embeds = self.embed_tokens.forward(input_ids);
+        self.forward_hidden_from_embeds(&embeds, attention_mask, position_ids, cache)
+    }
+
+    /// `forward_hidden` from input embeddings `[batch, seq, hidden]` (prompt tuning prepends
+    /// learned ones).
+    pub fn forward_hidden_from_embeds(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.size3().map_err(|_| {
+            ModelError::Invalid(format!("embeddings must be [batch, seq, hidden], got {:?}", embeds.size()))
+        })?;
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
-        let device = input_ids.device();
+        let device = embeds.device();
         if let Some(m) = attention_mask {
             if m.size() != [b, past + t] {
                 return Err(ModelError::Invalid(format!(
@@ -540,7 +597,7 @@ impl Llama {
                 .unsqueeze(0)
                 .expand([b, t], false),
         };
-        let mut hidden = self.embed_tokens.forward(input_ids);
+        let mut hidden = embeds.shallow_clone();
         let kind = hidden.kind();
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
         let angles = Tensor::cat(&[&freqs, &freqs], -1);
@@ -562,9 +619,12 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(&hidden);
             let entry = cache.as_mut().map(|c| &mut c.layers[i]);
-            let attn = layer.self_attn.forward(&attn_in, &rope, mask.as_ref(), entry);
+            let hook = self.adapter.as_deref().map(|a| (a, i));
+            let attn = layer.self_attn.forward(&attn_in, &rope, mask.as_ref(), entry, hook);
             hidden = hidden + attn;
-            let mlp = layer.mlp.forward(&layer.post_attention_layernorm.forward(&hidden));
+            let mlp = layer
+                .mlp
+                .forward_hooked(&layer.post_attention_layernorm.forward(&hidden), hook);
             hidden = hidden + mlp;
         }
         Ok(self.norm.forward(&hidden))

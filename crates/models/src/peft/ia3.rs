@@ -1,0 +1,161 @@
+//! IA3: learned rescaling vectors. On attention projections (keys, values) the output is scaled,
+//! `y = l ⊙ (W x)`; on feed-forward modules (`down_proj`) the input is, `y = W (l ⊙ x)`, as in
+//! Python PEFT (`ia3_l` of shape `[out, 1]` or `[1, in]`, initialized to ones).
+
+use super::targets::{projection, TargetModules, LLAMA_PROJECTIONS};
+use super::{copy_into, peft_key};
+use crate::llama::{DecoderAdapter, Llama};
+use crate::{ModelError, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ia3Config {
+    #[serde(default = "default_targets")]
+    pub target_modules: TargetModules,
+    /// The subset of `target_modules` whose input (not output) is rescaled.
+    #[serde(default = "default_feedforward")]
+    pub feedforward_modules: TargetModules,
+}
+
+fn default_targets() -> TargetModules {
+    TargetModules::Names(vec!["k_proj".into(), "v_proj".into(), "down_proj".into()])
+}
+
+fn default_feedforward() -> TargetModules {
+    TargetModules::Names(vec!["down_proj".into()])
+}
+
+impl Ia3Config {
+    pub fn to_peft_json(&self) -> Value {
+        json!({
+            "peft_type": "IA3",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": null,
+            "inference_mode": true,
+            "target_modules": self.target_modules.to_json(),
+            "feedforward_modules": self.feedforward_modules.to_json(),
+            "fan_in_fan_out": false,
+            "init_ia3_weights": true,
+            "modules_to_save": null,
+        })
+    }
+
+    pub fn from_peft_json(v: &Value, file: &Path) -> Result<Self> {
+        let field = |name: &str, default: TargetModules| -> Result<TargetModules> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => serde_json::from_value(x.clone())
+                    .map_err(|e| ModelError::format(file, format!("{name}: {e}"))),
+            }
+        };
+        Ok(Ia3Config {
+            target_modules: field("target_modules", default_targets())?,
+            feedforward_modules: field("feedforward_modules", default_feedforward())?,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Ia3Layer {
+    path: String,
+    scale: Tensor,
+    feedforward: bool,
+}
+
+#[derive(Debug)]
+pub struct Ia3Adapter {
+    pub config: Ia3Config,
+    pub var_store: nn::VarStore,
+    layers: HashMap<(usize, &'static str), Ia3Layer>,
+}
+
+impl Ia3Adapter {
+    pub fn new(config: Ia3Config, model: &Llama, device: Device) -> Result<Self> {
+        let var_store = nn::VarStore::new(device);
+        let mut layers = HashMap::new();
+        for (layer, module, path) in config.target_modules.select(model)? {
+            let base = projection(model, layer, module).expect("selected projections exist");
+            let (out_dim, in_dim) = base.ws.size2()?;
+            let feedforward = config.feedforward_modules.matches(&path)?;
+            let mut p = var_store.root();
+            for part in path.split('.') {
+                p = &p / part;
+            }
+            let shape = if feedforward {
+                [1, in_dim]
+            } else {
+                [out_dim, 1]
+            };
+            let scale = p.var("ia3_l", &shape, nn::Init::Const(1.0));
+            layers.insert(
+                (layer, module),
+                Ia3Layer {
+                    path,
+                    scale,
+                    feedforward,
+                },
+            );
+        }
+        Ok(Ia3Adapter {
+            config,
+            var_store,
+            layers,
+        })
+    }
+
+    pub fn peft_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<&Ia3Layer> = self.layers.values().collect();
+        v.sort_by(|x, y| x.path.cmp(&y.path));
+        v.into_iter()
+            .map(|l| (peft_key(&l.path, "ia3_l"), l.scale.shallow_clone()))
+            .collect()
+    }
+
+    pub fn load_peft_tensors(&self, tensors: &HashMap<String, Tensor>, file: &Path) -> Result<()> {
+        let mut used = HashSet::new();
+        for (name, var) in self.peft_tensors() {
+            copy_into(&var, tensors.get(&name), &name, file)?;
+            used.insert(name);
+        }
+        super::format::reject_unused(tensors, &used, file)
+    }
+
+    /// Folds the scales into the weights: columns of W for feed-forward modules, rows otherwise.
+    pub fn merge_into(&self, model: &Llama) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for (&(layer, module), l) in &self.layers {
+                let base = projection(model, layer, module)
+                    .ok_or_else(|| ModelError::Invalid(format!("the model has no {}", l.path)))?;
+                let mut w = base.ws.shallow_clone();
+                let _scaled = w.f_mul_(&l.scale.to_kind(w.kind()).to_device(w.device()))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl DecoderAdapter for Ia3Adapter {
+    fn project(
+        &self,
+        layer: usize,
+        module: &str,
+        xs: &Tensor,
+        base: &nn::Linear,
+    ) -> Option<Tensor> {
+        let key = LLAMA_PROJECTIONS.iter().find(|m| **m == module)?;
+        let l = self.layers.get(&(layer, *key))?;
+        let scale = l.scale.flatten(0, -1);
+        Some(if l.feedforward {
+            base.forward(&(xs.to_kind(Kind::Float) * scale).to_kind(xs.kind()))
+        } else {
+            let out = base.forward(xs);
+            (out.to_kind(Kind::Float) * scale).to_kind(xs.kind())
+        })
+    }
+}
