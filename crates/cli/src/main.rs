@@ -2,6 +2,7 @@
 //! the libraries know nothing of this crate.
 
 mod embed;
+mod eval;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Show which device ragtune would use and what libtorch sees.
     Device,
+    /// Metrics: retrieval runs against qrels, generated answers against references, labels.
+    Eval(eval::Args),
     /// Sentence embeddings of a JSONL or Parquet file, written as Parquet.
     Embed(embed::Args),
 }
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
     let device = ragtune_models::device::parse_device(&cli.device)?;
     match cli.command {
         Command::Embed(args) => embed::run(args, device),
+        Command::Eval(args) => eval::run(args),
         Command::Device => {
             println!("device: {device:?}");
             println!(
