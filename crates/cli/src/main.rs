@@ -1,8 +1,15 @@
 //! `ragtune`: the command line over the library crates. Each subcommand group lives in its own module;
 //! the libraries know nothing of this crate.
 
+mod convert;
+mod data;
+mod demo;
+
 mod embed;
 mod eval;
+mod generate;
+mod generator;
+mod retriever;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,19 +31,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job on the bundled default: FAQ, all-MiniLM-L6-v2 retrieval, SmolLM2 answers.
+    Demo(demo::Args),
     /// Show which device ragtune would use and what libtorch sees.
     Device,
     /// Metrics: retrieval runs against qrels, generated answers against references, labels.
     Eval(eval::Args),
+    /// Dense retriever fine-tuning: mine hard negatives, train, evaluate, export.
+    Retriever(retriever::Args),
+    /// Datasets: import, inspect, tokenize, dedup, split, export.
+    Data(data::Args),
     /// Sentence embeddings of a JSONL or Parquet file, written as Parquet.
     Embed(embed::Args),
+    /// Convert checkpoints (GGUF to a Hugging Face folder).
+    Convert(convert::Args),
+    /// Generate text with a Llama model (GGUF file or Hugging Face folder).
+    Generate(generate::Args),
+    /// Generator fine-tuning: SFT (full or PEFT), evaluation, merging adapters.
+    Generator(generator::Args),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let device = ragtune_models::device::parse_device(&cli.device)?;
     match cli.command {
+        Command::Demo(args) => demo::run(args, device),
         Command::Embed(args) => embed::run(args, device),
+        Command::Convert(args) => convert::run(args),
+        Command::Generate(args) => generate::run(args, device),
+        Command::Generator(args) => generator::run(args, device),
+        Command::Data(args) => data::run(args),
+        Command::Retriever(args) => retriever::run(args, device),
         Command::Eval(args) => eval::run(args),
         Command::Device => {
             println!("device: {device:?}");
