@@ -3,8 +3,9 @@
 
 fn main() {
     // torch-sys (`links = "tch"`) publishes the libtorch lib folder to its direct dependents.
-    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
-        .expect("torch-sys did not report DEP_TCH_LIBTORCH_LIB; is libtorch set up (`cargo xtask setup`)?");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect(
+        "torch-sys did not report DEP_TCH_LIBTORCH_LIB; is libtorch set up (`cargo xtask setup`)?",
+    );
     let root = std::path::Path::new(&lib)
         .parent()
         .expect("libtorch lib folder has a parent")

@@ -110,8 +110,14 @@ impl AdamW {
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.states.len());
         for s in &self.states {
-            out.push((format!("exp_avg.{}", s.param.name), s.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq.{}", s.param.name), s.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("exp_avg.{}", s.param.name),
+                s.exp_avg.shallow_clone(),
+            ));
+            out.push((
+                format!("exp_avg_sq.{}", s.param.name),
+                s.exp_avg_sq.shallow_clone(),
+            ));
         }
         out
     }
@@ -132,7 +138,10 @@ impl AdamW {
         origin: &Path,
     ) -> Result<()> {
         for s in &mut self.states {
-            for (prefix, target) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
+            for (prefix, target) in [
+                ("exp_avg", &mut s.exp_avg),
+                ("exp_avg_sq", &mut s.exp_avg_sq),
+            ] {
                 let key = format!("{prefix}.{}", s.param.name);
                 let saved = tensors.get(&key).ok_or_else(|| {
                     TrainerError::format(origin, format!("optimizer state `{key}` is missing (was the model or its frozen set changed?)"))
@@ -140,13 +149,20 @@ impl AdamW {
                 if saved.size() != target.size() {
                     return Err(TrainerError::format(
                         origin,
-                        format!("optimizer state `{key}` has shape {:?}, the parameter {:?}", saved.size(), target.size()),
+                        format!(
+                            "optimizer state `{key}` has shape {:?}, the parameter {:?}",
+                            saved.size(),
+                            target.size()
+                        ),
                     ));
                 }
                 tch::no_grad(|| target.copy_(saved));
             }
             s.step = *steps.get(&s.param.name).ok_or_else(|| {
-                TrainerError::format(origin, format!("no optimizer step count for `{}`", s.param.name))
+                TrainerError::format(
+                    origin,
+                    format!("no optimizer step count for `{}`", s.param.name),
+                )
             })?;
         }
         let expected = 2 * self.states.len();
@@ -186,10 +202,7 @@ fn grad_norm_tensor(grads: &[Tensor]) -> Option<Tensor> {
     let first = grads.first()?;
     let device = first.device();
     tch::no_grad(|| {
-        let norms: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.norm().to_device(device))
-            .collect();
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_device(device)).collect();
         Some(Tensor::stack(&norms, 0).norm())
     })
 }

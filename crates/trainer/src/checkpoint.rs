@@ -53,7 +53,10 @@ impl CheckpointManager {
         for entry in entries {
             let entry = entry.map_err(|e| TrainerError::io(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(step) = name.strip_prefix(STEP_PREFIX).and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(step) = name
+                .strip_prefix(STEP_PREFIX)
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             let path = entry.path();
@@ -79,19 +82,25 @@ impl CheckpointManager {
     pub fn save(&self, step: u64, write: impl FnOnce(&Path) -> Result<()>) -> Result<Checkpoint> {
         std::fs::create_dir_all(&self.dir).map_err(|e| TrainerError::io(&self.dir, e))?;
         self.remove_temp_dirs()?;
-        let temp = self
-            .dir
-            .join(format!("{TEMP_PREFIX}{STEP_PREFIX}{step:08}-{}", std::process::id()));
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}{STEP_PREFIX}{step:08}-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&temp).map_err(|e| TrainerError::io(&temp, e))?;
         write(&temp)?;
         if !temp.join(STATE_FILE).is_file() {
-            return Err(TrainerError::format(&temp, format!("checkpoint writer did not write {STATE_FILE}")));
+            return Err(TrainerError::format(
+                &temp,
+                format!("checkpoint writer did not write {STATE_FILE}"),
+            ));
         }
         fsync_dir(&temp)?;
         let path = self.path_for(step);
         if path.exists() {
             // A rename cannot replace a non-empty folder: move the old one aside first.
-            let old = self.dir.join(format!("{TEMP_PREFIX}old-{step:08}-{}", std::process::id()));
+            let old = self
+                .dir
+                .join(format!("{TEMP_PREFIX}old-{step:08}-{}", std::process::id()));
             std::fs::rename(&path, &old).map_err(|e| TrainerError::io(&path, e))?;
             std::fs::remove_dir_all(&old).map_err(|e| TrainerError::io(&old, e))?;
         }
@@ -106,7 +115,8 @@ impl CheckpointManager {
         let newest_kept = all.len().saturating_sub(self.keep_last);
         for checkpoint in &all[..newest_kept] {
             if Some(checkpoint.step) != keep_step {
-                std::fs::remove_dir_all(&checkpoint.path).map_err(|e| TrainerError::io(&checkpoint.path, e))?;
+                std::fs::remove_dir_all(&checkpoint.path)
+                    .map_err(|e| TrainerError::io(&checkpoint.path, e))?;
             }
         }
         Ok(())

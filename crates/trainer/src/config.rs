@@ -131,7 +131,11 @@ impl Default for OptimizerConfig {
             embedding_pattern: r"(?:^|\.)(?:embeddings|embed_tokens|wte|wpe)\.".into(),
             head_patterns: Vec::new(),
             head_lr_multiplier: 1.0,
-            no_decay_patterns: vec![r"(?:^|\.)bias$".into(), r"(?i)norm".into(), r"(?:^|\.)ln_".into()],
+            no_decay_patterns: vec![
+                r"(?:^|\.)bias$".into(),
+                r"(?i)norm".into(),
+                r"(?:^|\.)ln_".into(),
+            ],
             freeze_patterns: Vec::new(),
             trainable_patterns: None,
         }
@@ -249,7 +253,10 @@ impl TrainerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, why: &str| Err(TrainerError::Config(format!("`{field}` {why}")));
         if self.run_name.is_empty() || self.run_name.contains(['/', '\\']) {
-            return bad("run_name", "must be a non-empty name without path separators");
+            return bad(
+                "run_name",
+                "must be a non-empty name without path separators",
+            );
         }
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1");
@@ -257,29 +264,32 @@ impl TrainerConfig {
         if self.grad_accum_steps == 0 {
             return bad("grad_accum_steps", "must be at least 1");
         }
-        if self.max_steps.is_none() && !(self.epochs > 0.0 && self.epochs.is_finite()) {
+        if self.max_steps.is_none() && !positive(self.epochs) {
             return bad("epochs", "must be a positive number (or set max_steps)");
         }
-        if self.max_grad_norm.is_some_and(|n| !(n > 0.0)) {
-            return bad("max_grad_norm", "must be positive (or left out to disable clipping)");
+        if self.max_grad_norm.is_some_and(|n| !positive(n)) {
+            return bad(
+                "max_grad_norm",
+                "must be positive (or left out to disable clipping)",
+            );
         }
         let o = &self.optimizer;
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
+        if !positive(o.lr) {
             return bad("optimizer.lr", "must be a positive number");
         }
         if !(0.0..1.0).contains(&o.betas.0) || !(0.0..1.0).contains(&o.betas.1) {
             return bad("optimizer.betas", "must both lie in [0, 1)");
         }
-        if !(o.eps > 0.0) {
+        if !positive(o.eps) {
             return bad("optimizer.eps", "must be positive");
         }
-        if !(o.weight_decay >= 0.0) {
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return bad("optimizer.weight_decay", "must be zero or positive");
         }
         if !(o.layer_decay > 0.0 && o.layer_decay <= 1.0) {
             return bad("optimizer.layer_decay", "must lie in (0, 1]");
         }
-        if !(o.head_lr_multiplier > 0.0) {
+        if !positive(o.head_lr_multiplier) {
             return bad("optimizer.head_lr_multiplier", "must be positive");
         }
         if !(0.0..=1.0).contains(&self.schedule.warmup_ratio) {
@@ -292,11 +302,22 @@ impl TrainerConfig {
             return bad("checkpoint.every_steps", "must be at least 1");
         }
         if self.eval.patience.is_some() && self.eval.metric.is_none() {
-            return bad("eval.patience", "needs `eval.metric` to know what should improve");
+            return bad(
+                "eval.patience",
+                "needs `eval.metric` to know what should improve",
+            );
         }
         if self.checkpoint.keep_last == 0 {
-            return bad("checkpoint.keep_last", "must be at least 1 (resuming needs the newest checkpoint)");
+            return bad(
+                "checkpoint.keep_last",
+                "must be at least 1 (resuming needs the newest checkpoint)",
+            );
         }
         Ok(())
     }
+}
+
+/// Finite and above zero (false for NaN).
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
 }

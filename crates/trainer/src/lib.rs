@@ -40,4 +40,6 @@ pub use progress::Progress;
 pub use rand_chacha::ChaCha8Rng;
 pub use rng::{DataCursor, Sampler};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{load_checkpoint_weights, Metrics, MicroBatch, RunSummary, StepReport, Trainer, TrainerState};
+pub use trainer::{
+    load_checkpoint_weights, Metrics, MicroBatch, RunSummary, StepReport, Trainer, TrainerState,
+};

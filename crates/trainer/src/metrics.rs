@@ -33,8 +33,14 @@ impl MetricsLog {
                 let mut kept = String::new();
                 for line in text.lines() {
                     // A torn last line of a killed run does not parse; it is dropped with the later steps.
-                    let Ok(record) = serde_json::from_str::<Value>(line) else { continue };
-                    if record.get("step").and_then(Value::as_u64).is_none_or(|s| s <= step) {
+                    let Ok(record) = serde_json::from_str::<Value>(line) else {
+                        continue;
+                    };
+                    if record
+                        .get("step")
+                        .and_then(Value::as_u64)
+                        .is_none_or(|s| s <= step)
+                    {
                         kept.push_str(line);
                         kept.push('\n');
                     }
@@ -75,7 +81,8 @@ impl MetricsLog {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| TrainerError::format(path, format!("line {}: {e}", i + 1)))
+                serde_json::from_str(l)
+                    .map_err(|e| TrainerError::format(path, format!("line {}: {e}", i + 1)))
             })
             .collect()
     }

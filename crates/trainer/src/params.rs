@@ -29,7 +29,11 @@ pub struct ParamPlan {
 fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>> {
     patterns
         .iter()
-        .map(|p| Regex::new(p).map_err(|e| TrainerError::Config(format!("`optimizer.{field}`: pattern `{p}`: {e}"))))
+        .map(|p| {
+            Regex::new(p).map_err(|e| {
+                TrainerError::Config(format!("`optimizer.{field}`: pattern `{p}`: {e}"))
+            })
+        })
         .collect()
 }
 
@@ -66,7 +70,11 @@ impl ParamPlan {
                 .and_then(|c| c.get(1))
                 .and_then(|m| m.as_str().parse().ok())
         };
-        let layers = sorted.keys().filter_map(|n| layer_of(n)).max().map_or(0, |m| m + 1);
+        let layers = sorted
+            .keys()
+            .filter_map(|n| layer_of(n))
+            .max()
+            .map_or(0, |m| m + 1);
 
         let mut plan = ParamPlan {
             trainable: Vec::new(),
@@ -95,7 +103,11 @@ impl ParamPlan {
             if matches(&head_res) {
                 lr_scale *= config.head_lr_multiplier;
             }
-            let weight_decay = if matches(&no_decay_res) { 0.0 } else { config.weight_decay };
+            let weight_decay = if matches(&no_decay_res) {
+                0.0
+            } else {
+                config.weight_decay
+            };
             plan.trainable.push(TrainableParam {
                 name,
                 tensor,

@@ -40,7 +40,10 @@ pub fn cpu_has_native_bf16() -> bool {
         .map(|info| {
             info.lines()
                 .filter(|line| line.starts_with("flags"))
-                .any(|line| line.split_whitespace().any(|flag| flag == "avx512_bf16" || flag == "amx_bf16"))
+                .any(|line| {
+                    line.split_whitespace()
+                        .any(|flag| flag == "avx512_bf16" || flag == "amx_bf16")
+                })
         })
         .unwrap_or(false)
 }

@@ -64,7 +64,10 @@ impl RngState {
 
     pub fn restore(&self) -> Result<ChaCha8Rng, String> {
         if self.key.len() != 64 {
-            return Err(format!("rng key has {} hex digits, expected 64", self.key.len()));
+            return Err(format!(
+                "rng key has {} hex digits, expected 64",
+                self.key.len()
+            ));
         }
         let mut key = [0u8; 32];
         for (i, byte) in key.iter_mut().enumerate() {
@@ -107,7 +110,14 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(len: usize, batch_size: usize, drop_last: bool, shuffle: bool, seed: u64, cursor: DataCursor) -> Self {
+    pub fn new(
+        len: usize,
+        batch_size: usize,
+        drop_last: bool,
+        shuffle: bool,
+        seed: u64,
+        cursor: DataCursor,
+    ) -> Self {
         let order = epoch_order(len, seed, cursor.epoch, shuffle);
         Sampler {
             len,

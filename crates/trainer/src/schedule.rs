@@ -24,8 +24,15 @@ pub struct Schedule {
 
 impl Schedule {
     /// Warm-up from `warmup_steps`, or else `ceil(total_steps * warmup_ratio)` as transformers does.
-    pub fn new(kind: ScheduleKind, warmup_steps: Option<u64>, warmup_ratio: f64, total_steps: u64, num_cycles: f64) -> Self {
-        let warmup_steps = warmup_steps.unwrap_or_else(|| (total_steps as f64 * warmup_ratio).ceil() as u64);
+    pub fn new(
+        kind: ScheduleKind,
+        warmup_steps: Option<u64>,
+        warmup_ratio: f64,
+        total_steps: u64,
+        num_cycles: f64,
+    ) -> Self {
+        let warmup_steps =
+            warmup_steps.unwrap_or_else(|| (total_steps as f64 * warmup_ratio).ceil() as u64);
         Schedule {
             kind,
             warmup_steps,
@@ -47,7 +54,9 @@ impl Schedule {
             ScheduleKind::Linear => (0f64).max((total - step) / (total - warmup).max(1.0)),
             ScheduleKind::Cosine => {
                 let progress = (step - warmup) / (total - warmup).max(1.0);
-                (0f64).max(0.5 * (1.0 + (std::f64::consts::PI * self.num_cycles * 2.0 * progress).cos()))
+                (0f64).max(
+                    0.5 * (1.0 + (std::f64::consts::PI * self.num_cycles * 2.0 * progress).cos()),
+                )
             }
         }
     }

@@ -146,7 +146,10 @@ impl Trainer {
         let device = vs.device();
         let variables = vs.variables();
         let plan = ParamPlan::new(
-            variables.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+            variables
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
             &config.optimizer,
         )?;
         let frozen = plan.frozen.clone();
@@ -161,8 +164,13 @@ impl Trainer {
         );
         let run_dir = config.run_dir();
         std::fs::create_dir_all(&run_dir).map_err(|e| TrainerError::io(&run_dir, e))?;
-        let checkpoints = CheckpointManager::new(run_dir.join("checkpoints"), config.checkpoint.keep_last);
-        let latest = if config.resume { checkpoints.latest()? } else { None };
+        let checkpoints =
+            CheckpointManager::new(run_dir.join("checkpoints"), config.checkpoint.keep_last);
+        let latest = if config.resume {
+            checkpoints.latest()?
+        } else {
+            None
+        };
         let metrics_path = run_dir.join("metrics.jsonl");
         let metrics = match &latest {
             Some(checkpoint) => MetricsLog::resume(&metrics_path, checkpoint.step)?,
@@ -174,7 +182,10 @@ impl Trainer {
             config.drop_last,
             config.shuffle,
             config.seed,
-            DataCursor { epoch: 0, position: 0 },
+            DataCursor {
+                epoch: 0,
+                position: 0,
+            },
         );
         let mut trainer = Trainer {
             bf16: config.precision.uses_bf16(device),
@@ -222,20 +233,27 @@ impl Trainer {
 
     fn restore(&mut self, checkpoint: &Checkpoint, train_len: usize) -> Result<()> {
         let state_path = checkpoint.path.join(STATE_FILE);
-        let text = std::fs::read_to_string(&state_path).map_err(|e| TrainerError::io(&state_path, e))?;
-        let state: TrainerState =
-            serde_json::from_str(&text).map_err(|e| TrainerError::format(&state_path, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(&state_path).map_err(|e| TrainerError::io(&state_path, e))?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| TrainerError::format(&state_path, e.to_string()))?;
         if state.format != STATE_FORMAT {
             return Err(TrainerError::format(
                 &state_path,
-                format!("checkpoint format {} is not the supported {STATE_FORMAT}", state.format),
+                format!(
+                    "checkpoint format {} is not the supported {STATE_FORMAT}",
+                    state.format
+                ),
             ));
         }
         let trainable: Vec<String> = self.optimizer.params().map(|p| p.name.clone()).collect();
         // Frozen weights may be left out of checkpoints (`checkpoint.save_frozen = false`).
-        copy_weights(&self.variables, &checkpoint.path.join(MODEL_FILE), self.device, |name| {
-            trainable.iter().any(|t| t == name)
-        })?;
+        copy_weights(
+            &self.variables,
+            &checkpoint.path.join(MODEL_FILE),
+            self.device,
+            |name| trainable.iter().any(|t| t == name),
+        )?;
         let optimizer_path = checkpoint.path.join(OPTIMIZER_FILE);
         let moments = ragtune_models::checkpoint::load_safetensors(&optimizer_path, self.device)?;
         self.optimizer
@@ -295,7 +313,8 @@ impl Trainer {
                 step: self.step,
                 micro,
             };
-            let loss = autocast_bf16(self.device, self.bf16, || loss_fn(batch)).map_err(TrainerError::caller)?;
+            let loss = autocast_bf16(self.device, self.bf16, || loss_fn(batch))
+                .map_err(TrainerError::caller)?;
             if loss.numel() != 1 {
                 return Err(TrainerError::Config(format!(
                     "the loss closure returned a tensor of shape {:?}; it must return a scalar",
@@ -327,7 +346,8 @@ impl Trainer {
         let loss = loss_sum / accum as f64;
 
         let elapsed = self.started.elapsed().as_secs_f64();
-        let examples_per_s = (self.examples_seen - self.examples_at_start) as f64 / elapsed.max(1e-9);
+        let examples_per_s =
+            (self.examples_seen - self.examples_at_start) as f64 / elapsed.max(1e-9);
         self.metrics.append(&json!({
             "type": "train", "step": self.step, "epoch": self.epoch_progress(), "loss": loss, "lr": lr,
             "grad_norm": norm, "examples": self.examples_seen, "examples_per_s": examples_per_s,
@@ -336,8 +356,13 @@ impl Trainer {
         self.progress.update(self.step, loss, examples_per_s);
 
         let last_step = self.step >= self.total_steps();
-        let eval_due = self.config.eval.every_steps.is_some_and(|n| self.step % n == 0)
-            || (last_step && (self.config.eval.every_steps.is_some() || self.config.eval.metric.is_some()));
+        let eval_due = self
+            .config
+            .eval
+            .every_steps
+            .is_some_and(|n| self.step % n == 0)
+            || (last_step
+                && (self.config.eval.every_steps.is_some() || self.config.eval.metric.is_some()));
         let mut improved = false;
         let eval = if eval_due {
             let results = tch::no_grad(|| autocast_bf16(self.device, self.bf16, &mut eval_fn))
@@ -348,11 +373,13 @@ impl Trainer {
             }
             self.metrics.append(&record)?;
             if let Some(metric) = self.config.eval.metric.clone() {
-                let value = *results.get(&metric).ok_or_else(|| TrainerError::MissingMetric {
-                    step: self.step,
-                    metric: metric.clone(),
-                    available: results.keys().cloned().collect::<Vec<_>>().join(", "),
-                })?;
+                let value = *results
+                    .get(&metric)
+                    .ok_or_else(|| TrainerError::MissingMetric {
+                        step: self.step,
+                        metric: metric.clone(),
+                        available: results.keys().cloned().collect::<Vec<_>>().join(", "),
+                    })?;
                 let verdict = self.early_stopping.observe(self.step, value);
                 improved = verdict.improved;
                 if verdict.should_stop {
@@ -363,14 +390,19 @@ impl Trainer {
                     }))?;
                 }
             }
-            self.progress.println(format!("step {}: {}", self.step, format_metrics(&results)));
+            self.progress
+                .println(format!("step {}: {}", self.step, format_metrics(&results)));
             Some(results)
         } else {
             None
         };
 
         let finished = self.finished();
-        let checkpoint_due = self.config.checkpoint.every_steps.is_some_and(|n| self.step % n == 0)
+        let checkpoint_due = self
+            .config
+            .checkpoint
+            .every_steps
+            .is_some_and(|n| self.step % n == 0)
             || (improved && self.config.checkpoint.keep_best)
             || finished;
         let checkpoint = if checkpoint_due {
@@ -455,7 +487,9 @@ impl Trainer {
             steps: self.step,
             stopped_early: self.stopped_early,
             last_checkpoint: self.last_checkpoint.clone(),
-            best_checkpoint: self.best_checkpoint_step.map(|s| self.checkpoints.path_for(s)),
+            best_checkpoint: self
+                .best_checkpoint_step
+                .map(|s| self.checkpoints.path_for(s)),
             best_value: self.early_stopping.best,
             metrics_path: self.metrics.path().to_path_buf(),
         };
@@ -553,7 +587,11 @@ fn format_metrics(metrics: &Metrics) -> String {
 /// Loads the weights of a checkpoint folder (or a `model.safetensors`) into the variables of `vs`
 /// that it holds; returns how many it set. For evaluating the best checkpoint after a run.
 pub fn load_checkpoint_weights(vs: &VarStore, checkpoint: &Path) -> Result<usize> {
-    let path = if checkpoint.is_dir() { checkpoint.join(MODEL_FILE) } else { checkpoint.to_path_buf() };
+    let path = if checkpoint.is_dir() {
+        checkpoint.join(MODEL_FILE)
+    } else {
+        checkpoint.to_path_buf()
+    };
     copy_weights(&vs.variables(), &path, vs.device(), |_| false)
 }
 
@@ -577,11 +615,18 @@ fn copy_weights(
                 Some(saved) => {
                     return Err(TrainerError::format(
                         path,
-                        format!("`{name}` has shape {:?}, the model {:?}", saved.size(), variable.size()),
+                        format!(
+                            "`{name}` has shape {:?}, the model {:?}",
+                            saved.size(),
+                            variable.size()
+                        ),
                     ))
                 }
                 None if required(name) => {
-                    return Err(TrainerError::format(path, format!("tensor `{name}` is missing")))
+                    return Err(TrainerError::format(
+                        path,
+                        format!("tensor `{name}` is missing"),
+                    ))
                 }
                 None => {}
             }

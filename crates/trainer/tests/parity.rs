@@ -10,12 +10,19 @@ fn values(t: &Tensor) -> Vec<f32> {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Runs `steps` AdamW steps (optionally with clipping) here and in torch from the same start and
@@ -28,7 +35,9 @@ fn compare_with_torch(max_grad_norm: Option<f64>) {
         ("head.weight", &[2, 4], 1.0, 0.1),
     ];
     let steps = 12;
-    let lrs: Vec<f64> = (0..steps).map(|s| 1e-2 * (1.0 + s as f64) / steps as f64).collect();
+    let lrs: Vec<f64> = (0..steps)
+        .map(|s| 1e-2 * (1.0 + s as f64) / steps as f64)
+        .collect();
     let params: Vec<TrainableParam> = shapes
         .iter()
         .map(|(name, shape, lr_scale, weight_decay)| TrainableParam {
@@ -50,7 +59,9 @@ fn compare_with_torch(max_grad_norm: Option<f64>) {
         .map(|s| {
             shapes
                 .iter()
-                .map(|(_, shape, _, _)| Tensor::randn(*shape, (Kind::Float, Device::Cpu)) * (0.05 + (s % 4) as f64))
+                .map(|(_, shape, _, _)| {
+                    Tensor::randn(*shape, (Kind::Float, Device::Cpu)) * (0.05 + (s % 4) as f64)
+                })
                 .collect()
         })
         .collect();
@@ -79,7 +90,8 @@ fn compare_with_torch(max_grad_norm: Option<f64>) {
             "lrs": lrs, "betas": [0.9, 0.98], "eps": 1e-6, "max_grad_norm": max_grad_norm,
         }),
     );
-    let state: std::collections::HashMap<String, Tensor> = optimizer.state_tensors().into_iter().collect();
+    let state: std::collections::HashMap<String, Tensor> =
+        optimizer.state_tensors().into_iter().collect();
     for (p, (name, ..)) in tensors.iter().zip(&shapes) {
         let d = max_abs_diff(&values(p), &floats(&reference["params"][name]));
         assert!(d <= 1e-6, "{name}: params differ from torch by {d}");
@@ -93,7 +105,10 @@ fn compare_with_torch(max_grad_norm: Option<f64>) {
     if max_grad_norm.is_some() {
         let theirs = floats(&reference["grad_norms"]);
         let ours: Vec<f32> = norms.iter().map(|&n| n as f32).collect();
-        assert!(max_abs_diff(&ours, &theirs) <= 1e-5, "grad norms: {ours:?} vs {theirs:?}");
+        assert!(
+            max_abs_diff(&ours, &theirs) <= 1e-5,
+            "grad norms: {ours:?} vs {theirs:?}"
+        );
         assert!(ours.iter().any(|&n| n > 1.0) && ours.iter().any(|&n| n < 1.0));
     }
 }
@@ -124,14 +139,21 @@ fn schedules_match_transformers() {
         })
         .collect();
     let reference = ragtune_testkit::reference("trainer_schedule.py", &json!(input));
-    for ((kind, warmup, total, cycles), expected) in cases.iter().zip(reference.as_array().unwrap()) {
+    for ((kind, warmup, total, cycles), expected) in cases.iter().zip(reference.as_array().unwrap())
+    {
         let schedule = Schedule::new(*kind, Some(*warmup), 0.0, *total, *cycles);
         for (step, want) in expected.as_array().unwrap().iter().enumerate() {
             let got = schedule.factor(step as u64);
             let want = want.as_f64().unwrap();
-            assert!((got - want).abs() <= 1e-12, "{kind:?} warmup {warmup} total {total}: step {step}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-12,
+                "{kind:?} warmup {warmup} total {total}: step {step}: {got} vs {want}"
+            );
         }
     }
     // warmup_ratio rounds up, as transformers' TrainingArguments.get_warmup_steps does.
-    assert_eq!(Schedule::new(ScheduleKind::Linear, None, 0.1, 95, 0.5).warmup_steps, 10);
+    assert_eq!(
+        Schedule::new(ScheduleKind::Linear, None, 0.1, 95, 0.5).warmup_steps,
+        10
+    );
 }

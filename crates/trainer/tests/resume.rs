@@ -5,8 +5,8 @@
 //! This binary is its own worker: with `RAGTUNE_TOY_RUNS` set it trains (the recipe below, read
 //! top to bottom); without, it orchestrates the runs as child processes.
 
-use rand::Rng;
 use ragtune_trainer::{Metrics, MetricsLog, Precision, ScheduleKind, Trainer, TrainerConfig};
+use rand::Rng;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +22,10 @@ fn main() {
         None => {
             let started = Instant::now();
             resume_after_sigkill_matches_uninterrupted_run();
-            println!("test resume_after_sigkill_matches_uninterrupted_run ... ok ({:.1}s)", started.elapsed().as_secs_f64());
+            println!(
+                "test resume_after_sigkill_matches_uninterrupted_run ... ok ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -71,7 +74,9 @@ fn config(runs: &Path, name: &str) -> TrainerConfig {
 fn worker(runs: &Path) {
     tch::set_num_threads(1);
     let name = std::env::var("RAGTUNE_TOY_NAME").expect("RAGTUNE_TOY_NAME");
-    let hang_after: Option<u64> = std::env::var("RAGTUNE_TOY_HANG_AFTER").ok().map(|s| s.parse().unwrap());
+    let hang_after: Option<u64> = std::env::var("RAGTUNE_TOY_HANG_AFTER")
+        .ok()
+        .map(|s| s.parse().unwrap());
     let config = config(runs, &name);
 
     // Data: y = sin(x·w) + noise, 260 training rows (33 micro-batches an epoch, so optimizer steps
@@ -80,7 +85,8 @@ fn worker(runs: &Path) {
     let w = Tensor::randn([8, 1], (Kind::Float, Device::Cpu));
     let make = |n: i64| {
         let x = Tensor::randn([n, 8], (Kind::Float, Device::Cpu));
-        let y: Tensor = x.matmul(&w).sin() + Tensor::randn([n, 1], (Kind::Float, Device::Cpu)) * 0.05;
+        let y: Tensor =
+            x.matmul(&w).sin() + Tensor::randn([n, 1], (Kind::Float, Device::Cpu)) * 0.05;
         (x, y)
     };
     let (train_x, train_y) = make(260);
@@ -92,30 +98,40 @@ fn worker(runs: &Path) {
     let root = vs.root();
     let hidden = nn::linear(&root / "layers" / "0", 8, 32, Default::default());
     let head = nn::linear(&root / "head", 32, 1, Default::default());
-    let forward = |x: &Tensor, train: bool| head.forward(&hidden.forward(x).gelu("none").dropout(0.2, train));
+    let forward =
+        |x: &Tensor, train: bool| head.forward(&hidden.forward(x).gelu("none").dropout(0.2, train));
 
     let mut trainer = Trainer::new(config, &vs, 260).expect("trainer");
     while !trainer.finished() {
         trainer
             .train_step(
                 |batch| {
-                    let index = Tensor::from_slice(&batch.indices.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                    let index = Tensor::from_slice(
+                        &batch.indices.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    );
                     // A random target shift from the checkpointed RNG, so that resuming must restore it too.
                     let jitter: f64 = batch.rng.gen_range(-0.01..0.01);
-                    let prediction = forward(&train_x.index_select(0, &index), true).to_kind(Kind::Float);
+                    let prediction =
+                        forward(&train_x.index_select(0, &index), true).to_kind(Kind::Float);
                     let target = train_y.index_select(0, &index) + jitter;
                     Ok::<_, tch::TchError>(prediction.mse_loss(&target, tch::Reduction::Mean))
                 },
                 || {
                     let prediction = forward(&valid_x, false).to_kind(Kind::Float);
-                    let mse = prediction.mse_loss(&valid_y, tch::Reduction::Mean).double_value(&[]);
+                    let mse = prediction
+                        .mse_loss(&valid_y, tch::Reduction::Mean)
+                        .double_value(&[]);
                     Ok(Metrics::from([("mse".to_string(), mse)]))
                 },
             )
             .expect("train step");
         if Some(trainer.step()) == hang_after {
             // Stand still with unsaved progress, for the parent to SIGKILL.
-            std::fs::write(trainer.run_dir().join(HANG_MARKER), trainer.step().to_string()).unwrap();
+            std::fs::write(
+                trainer.run_dir().join(HANG_MARKER),
+                trainer.step().to_string(),
+            )
+            .unwrap();
             loop {
                 std::thread::sleep(Duration::from_secs(60));
             }
@@ -127,7 +143,8 @@ fn worker(runs: &Path) {
 // ---------------------------------------------------------------- the test (parent) -------------
 
 fn spawn_worker(runs: &Path, name: &str, hang_after: Option<u64>) -> std::process::Child {
-    let log = std::fs::File::create(runs.join(format!("{name}-{}.stderr", hang_after.is_some()))).unwrap();
+    let log = std::fs::File::create(runs.join(format!("{name}-{}.stderr", hang_after.is_some())))
+        .unwrap();
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .env("RAGTUNE_TOY_RUNS", runs)
@@ -175,7 +192,14 @@ fn trajectory(records: &[Value]) -> Vec<Vec<(String, Value)>> {
 fn checkpoint_steps(run: &Path) -> Vec<u64> {
     let mut steps: Vec<u64> = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_prefix("step-")?.parse().ok())
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix("step-")?
+                .parse()
+                .ok()
+        })
         .collect();
     steps.sort();
     steps
@@ -196,7 +220,10 @@ fn resume_after_sigkill_matches_uninterrupted_run() {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("worker exited early ({status})");
         }
-        assert!(Instant::now() < deadline, "worker never reached step {kill_at}");
+        assert!(
+            Instant::now() < deadline,
+            "worker never reached step {kill_at}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap(); // SIGKILL on unix
@@ -207,8 +234,14 @@ fn resume_after_sigkill_matches_uninterrupted_run() {
     let before = records(&runs, "interrupted", "train");
     assert_eq!(before.last().unwrap()["step"], kill_at);
     let epoch = before.last().unwrap()["epoch"].as_f64().unwrap();
-    assert!(epoch.fract() > 0.1 && epoch.fract() < 0.9, "step {kill_at} should end mid-epoch, got epoch {epoch}");
-    assert_eq!(*checkpoint_steps(&runs.join("interrupted")).last().unwrap(), 20);
+    assert!(
+        epoch.fract() > 0.1 && epoch.fract() < 0.9,
+        "step {kill_at} should end mid-epoch, got epoch {epoch}"
+    );
+    assert_eq!(
+        *checkpoint_steps(&runs.join("interrupted")).last().unwrap(),
+        20
+    );
 
     run_to_end(&runs, "interrupted");
 
@@ -219,15 +252,29 @@ fn resume_after_sigkill_matches_uninterrupted_run() {
         let straight = trajectory(&records(&runs, "straight", kind));
         let resumed = trajectory(&records(&runs, "interrupted", kind));
         let expected = if kind == "train" { 50 } else { 7 }; // evals at 8, 16, ..., 48 and the end
-        assert_eq!(straight.len(), expected, "{kind} records of the uninterrupted run");
-        assert_eq!(straight.len(), resumed.len(), "{kind}: record counts differ");
+        assert_eq!(
+            straight.len(),
+            expected,
+            "{kind} records of the uninterrupted run"
+        );
+        assert_eq!(
+            straight.len(),
+            resumed.len(),
+            "{kind}: record counts differ"
+        );
         for (a, b) in straight.iter().zip(&resumed) {
             // serde_json keeps f64s exactly, so equal values mean bitwise-equal losses.
             assert_eq!(a, b, "{kind} records differ");
         }
     }
-    let losses: Vec<f64> = records(&runs, "straight", "train").iter().map(|r| r["loss"].as_f64().unwrap()).collect();
-    assert!(losses[losses.len() - 5..].iter().sum::<f64>() < losses[..5].iter().sum::<f64>(), "the toy did not learn: {losses:?}");
+    let losses: Vec<f64> = records(&runs, "straight", "train")
+        .iter()
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    assert!(
+        losses[losses.len() - 5..].iter().sum::<f64>() < losses[..5].iter().sum::<f64>(),
+        "the toy did not learn: {losses:?}"
+    );
 
     // Same final weights, and the same checkpoints kept (last 2 plus the best).
     let last = |name: &str| {
@@ -235,7 +282,14 @@ fn resume_after_sigkill_matches_uninterrupted_run() {
         let step = *checkpoint_steps(&run).last().unwrap();
         std::fs::read(run.join(format!("checkpoints/step-{step:08}/model.safetensors"))).unwrap()
     };
-    assert_eq!(last("straight"), last("interrupted"), "final weights differ");
-    assert_eq!(checkpoint_steps(&runs.join("straight")), checkpoint_steps(&runs.join("interrupted")));
+    assert_eq!(
+        last("straight"),
+        last("interrupted"),
+        "final weights differ"
+    );
+    assert_eq!(
+        checkpoint_steps(&runs.join("straight")),
+        checkpoint_steps(&runs.join("interrupted"))
+    );
     std::fs::remove_dir_all(&runs).unwrap();
 }

@@ -3,7 +3,8 @@
 
 use ragtune_trainer::precision::{autocast_bf16, autocast_enabled};
 use ragtune_trainer::{
-    CheckpointManager, Metrics, MetricsLog, OptimizerConfig, ParamPlan, Trainer, TrainerConfig, TrainerError,
+    CheckpointManager, Metrics, MetricsLog, OptimizerConfig, ParamPlan, Trainer, TrainerConfig,
+    TrainerError,
 };
 use serde_json::json;
 use std::collections::HashMap;
@@ -22,9 +23,18 @@ fn bert_like() -> nn::VarStore {
     var("bert.embeddings.word_embeddings.weight", &[10, 4]);
     var("bert.embeddings.LayerNorm.gamma", &[4]);
     for layer in 0..3 {
-        var(&format!("bert.encoder.layer.{layer}.attention.self.query.weight"), &[4, 4]);
-        var(&format!("bert.encoder.layer.{layer}.attention.self.query.bias"), &[4]);
-        var(&format!("bert.encoder.layer.{layer}.output.LayerNorm.weight"), &[4]);
+        var(
+            &format!("bert.encoder.layer.{layer}.attention.self.query.weight"),
+            &[4, 4],
+        );
+        var(
+            &format!("bert.encoder.layer.{layer}.attention.self.query.bias"),
+            &[4],
+        );
+        var(
+            &format!("bert.encoder.layer.{layer}.output.LayerNorm.weight"),
+            &[4],
+        );
     }
     var("bert.pooler.dense.weight", &[4, 4]);
     var("classifier.weight", &[2, 4]);
@@ -50,11 +60,23 @@ fn param_groups_decay_layers_skip_norms_and_freeze() {
         .map(|p| (p.name.as_str(), (p.lr_scale, p.weight_decay)))
         .collect();
     // 3 layers: embeddings at 0.5^4, layer i at 0.5^(3 - i), pooler at 1, the head at 10.
-    assert_eq!(by_name["bert.embeddings.word_embeddings.weight"], (0.0625, 0.01));
+    assert_eq!(
+        by_name["bert.embeddings.word_embeddings.weight"],
+        (0.0625, 0.01)
+    );
     assert_eq!(by_name["bert.embeddings.LayerNorm.gamma"], (0.0625, 0.0));
-    assert_eq!(by_name["bert.encoder.layer.1.attention.self.query.weight"], (0.25, 0.01));
-    assert_eq!(by_name["bert.encoder.layer.1.attention.self.query.bias"], (0.25, 0.0));
-    assert_eq!(by_name["bert.encoder.layer.2.output.LayerNorm.weight"], (0.5, 0.0));
+    assert_eq!(
+        by_name["bert.encoder.layer.1.attention.self.query.weight"],
+        (0.25, 0.01)
+    );
+    assert_eq!(
+        by_name["bert.encoder.layer.1.attention.self.query.bias"],
+        (0.25, 0.0)
+    );
+    assert_eq!(
+        by_name["bert.encoder.layer.2.output.LayerNorm.weight"],
+        (0.5, 0.0)
+    );
     assert_eq!(by_name["bert.pooler.dense.weight"], (1.0, 0.01));
     assert_eq!(by_name["classifier.weight"], (10.0, 0.01));
     assert_eq!(by_name["classifier.bias"], (10.0, 0.0));
@@ -73,15 +95,32 @@ fn param_groups_decay_layers_skip_norms_and_freeze() {
     };
     let plan = ParamPlan::new(vs.variables(), &peft).unwrap();
     let optimizer = ragtune_trainer::AdamW::new(plan.trainable, (0.9, 0.999), 1e-8);
-    let names: Vec<String> = optimizer.state_tensors().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["exp_avg.classifier.bias", "exp_avg_sq.classifier.bias", "exp_avg.classifier.weight", "exp_avg_sq.classifier.weight"]);
+    let names: Vec<String> = optimizer
+        .state_tensors()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "exp_avg.classifier.bias",
+            "exp_avg_sq.classifier.bias",
+            "exp_avg.classifier.weight",
+            "exp_avg_sq.classifier.weight"
+        ]
+    );
 
     let bad = OptimizerConfig {
         freeze_patterns: vec!["(".into()],
         ..Default::default()
     };
-    let err = ParamPlan::new(bert_like().variables(), &bad).unwrap_err().to_string();
-    assert!(err.contains("freeze_patterns") && err.contains("`(`"), "{err}");
+    let err = ParamPlan::new(bert_like().variables(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("freeze_patterns") && err.contains("`(`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -93,13 +132,19 @@ fn bf16_autocast_on_cpu_keeps_fp32_master_weights() {
         assert!(autocast_enabled(Device::Cpu));
         linear.forward(&x)
     });
-    assert!(!autocast_enabled(Device::Cpu), "autocast must be off again after the closure");
+    assert!(
+        !autocast_enabled(Device::Cpu),
+        "autocast must be off again after the closure"
+    );
     assert_eq!(y.kind(), Kind::BFloat16);
     y.to_kind(Kind::Float).sum(Kind::Float).backward();
     assert_eq!(linear.ws.kind(), Kind::Float);
     assert_eq!(linear.ws.grad().kind(), Kind::Float);
     assert!(linear.ws.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
-    assert_eq!(autocast_bf16(Device::Cpu, false, || linear.forward(&x)).kind(), Kind::Float);
+    assert_eq!(
+        autocast_bf16(Device::Cpu, false, || linear.forward(&x)).kind(),
+        Kind::Float
+    );
 }
 
 #[test]
@@ -110,14 +155,23 @@ fn config_reads_toml_and_names_bad_fields() {
     )
     .unwrap();
     assert_eq!(config.batch_size, 4);
-    assert_eq!(config.grad_accum_steps, TrainerConfig::default().grad_accum_steps);
+    assert_eq!(
+        config.grad_accum_steps,
+        TrainerConfig::default().grad_accum_steps
+    );
     let err = TrainerConfig::from_toml_str("batch_sise = 4\n", Path::new("recipe.toml"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("recipe.toml") && err.contains("batch_sise"), "{err}");
-    let err = TrainerConfig::from_toml_str("[optimizer]\nbetas = [0.9, 1.5]\n", Path::new("recipe.toml"))
-        .unwrap_err()
-        .to_string();
+    assert!(
+        err.contains("recipe.toml") && err.contains("batch_sise"),
+        "{err}"
+    );
+    let err = TrainerConfig::from_toml_str(
+        "[optimizer]\nbetas = [0.9, 1.5]\n",
+        Path::new("recipe.toml"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("optimizer.betas"), "{err}");
     let err = TrainerConfig::from_toml_str("[eval]\npatience = 2\n", Path::new("recipe.toml"))
         .unwrap_err()
@@ -150,7 +204,11 @@ fn metrics_log_resume_drops_steps_after_the_checkpoint() {
         .unwrap();
     let mut log = MetricsLog::resume(&path, 3).unwrap();
     log.append(&json!({"type": "train", "step": 4})).unwrap();
-    let steps: Vec<u64> = MetricsLog::read(&path).unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = MetricsLog::read(&path)
+        .unwrap()
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, [1, 2, 3, 4]);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -160,7 +218,8 @@ fn checkpoint_manager_ignores_torn_saves_and_prunes() {
     let dir = ragtune_testkit::scratch("trainer-ckpt");
     let manager = CheckpointManager::new(dir.join("checkpoints"), 2);
     let write = |d: &Path| {
-        ragtune_models::checkpoint::atomic_write(&d.join("trainer_state.json"), b"{}").map_err(TrainerError::from)
+        ragtune_models::checkpoint::atomic_write(&d.join("trainer_state.json"), b"{}")
+            .map_err(TrainerError::from)
     };
     for step in [1, 2, 3, 4] {
         manager.save(step, write).unwrap();
@@ -173,7 +232,10 @@ fn checkpoint_manager_ignores_torn_saves_and_prunes() {
     let steps: Vec<u64> = manager.list().unwrap().iter().map(|c| c.step).collect();
     assert_eq!(steps, [1, 3, 4]);
     manager.save(5, write).unwrap();
-    assert!(!dir.join("checkpoints/.tmp-step-00000009-1").exists(), "leftover temp folders are removed");
+    assert!(
+        !dir.join("checkpoints/.tmp-step-00000009-1").exists(),
+        "leftover temp folders are removed"
+    );
     // A save whose writer fails leaves no checkpoint behind.
     assert!(manager.save(6, |_| Ok(())).is_err());
     assert_eq!(manager.latest().unwrap().unwrap().step, 5);
@@ -181,7 +243,11 @@ fn checkpoint_manager_ignores_torn_saves_and_prunes() {
 }
 
 /// A one-layer regression on 32 examples, in fp32.
-fn tiny_run(dir: &Path, name: &str, extra: &str) -> (nn::VarStore, nn::Linear, Tensor, Tensor, TrainerConfig) {
+fn tiny_run(
+    dir: &Path,
+    name: &str,
+    extra: &str,
+) -> (nn::VarStore, nn::Linear, Tensor, Tensor, TrainerConfig) {
     let toml = format!(
         "run_name = \"{name}\"\nruns_dir = \"{}\"\nbatch_size = 8\nprecision = \"fp32\"\nprogress = false\n{extra}",
         dir.display()
@@ -198,14 +264,23 @@ fn tiny_run(dir: &Path, name: &str, extra: &str) -> (nn::VarStore, nn::Linear, T
 #[test]
 fn non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let dir = ragtune_testkit::scratch("trainer-nan");
-    let (vs, linear, x, y, config) = tiny_run(&dir, "nan", "epochs = 5.0\n[checkpoint]\nevery_steps = 5\n");
+    let (vs, linear, x, y, config) =
+        tiny_run(&dir, "nan", "epochs = 5.0\n[checkpoint]\nevery_steps = 5\n");
     let mut trainer = Trainer::new(config, &vs, 32).unwrap();
     let err = loop {
         let result = trainer.train_step(
             |batch| {
-                let index = Tensor::from_slice(&batch.indices.iter().map(|&i| i as i64).collect::<Vec<_>>());
-                let loss = linear.forward(&x.index_select(0, &index)).mse_loss(&y.index_select(0, &index), tch::Reduction::Mean);
-                Ok::<_, TrainerError>(if batch.step == 6 { loss * f64::NAN } else { loss })
+                let index = Tensor::from_slice(
+                    &batch.indices.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                );
+                let loss = linear
+                    .forward(&x.index_select(0, &index))
+                    .mse_loss(&y.index_select(0, &index), tch::Reduction::Mean);
+                Ok::<_, TrainerError>(if batch.step == 6 {
+                    loss * f64::NAN
+                } else {
+                    loss
+                })
             },
             || Ok(Metrics::new()),
         );
@@ -213,9 +288,15 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
             break e;
         }
     };
-    assert!(matches!(err, TrainerError::NonFinite { step: 7, .. }), "{err:?}");
+    assert!(
+        matches!(err, TrainerError::NonFinite { step: 7, .. }),
+        "{err:?}"
+    );
     let message = err.to_string();
-    assert!(message.contains("non-finite loss") && message.contains("step-00000005"), "{message}");
+    assert!(
+        message.contains("non-finite loss") && message.contains("step-00000005"),
+        "{message}"
+    );
     assert_eq!(trainer.step(), 6);
     assert_eq!(trainer.checkpoints().latest().unwrap().unwrap().step, 5);
     std::fs::remove_dir_all(dir).unwrap();
@@ -235,9 +316,13 @@ fn early_stopping_stops_and_keeps_the_best_checkpoint() {
         trainer
             .train_step(
                 |batch| {
-                    let index = Tensor::from_slice(&batch.indices.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                    let index = Tensor::from_slice(
+                        &batch.indices.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    );
                     Ok::<_, TrainerError>(
-                        linear.forward(&x.index_select(0, &index)).mse_loss(&y.index_select(0, &index), tch::Reduction::Mean),
+                        linear
+                            .forward(&x.index_select(0, &index))
+                            .mse_loss(&y.index_select(0, &index), tch::Reduction::Mean),
                     )
                 },
                 || {
@@ -252,7 +337,11 @@ fn early_stopping_stops_and_keeps_the_best_checkpoint() {
     let summary = trainer.finish().unwrap();
     assert!(summary.stopped_early);
     assert_eq!(summary.best_value, Some(0.9));
-    assert!(summary.best_checkpoint.as_ref().unwrap().ends_with("step-00000004"));
+    assert!(summary
+        .best_checkpoint
+        .as_ref()
+        .unwrap()
+        .ends_with("step-00000004"));
     let kept: Vec<u64> = CheckpointManager::new(dir.join("early/checkpoints"), 2)
         .list()
         .unwrap()
@@ -262,9 +351,13 @@ fn early_stopping_stops_and_keeps_the_best_checkpoint() {
     assert_eq!(kept, [4, 9, 10]);
     let records = MetricsLog::read(&summary.metrics_path).unwrap();
     assert_eq!(records.iter().filter(|r| r["type"] == "eval").count(), 5);
-    assert!(records.iter().any(|r| r["type"] == "early_stop" && r["best_step"] == 4));
+    assert!(records
+        .iter()
+        .any(|r| r["type"] == "early_stop" && r["best_step"] == 4));
     // The best checkpoint's weights load back.
-    let loaded = ragtune_trainer::load_checkpoint_weights(&vs, summary.best_checkpoint.as_ref().unwrap()).unwrap();
+    let loaded =
+        ragtune_trainer::load_checkpoint_weights(&vs, summary.best_checkpoint.as_ref().unwrap())
+            .unwrap();
     assert_eq!(loaded, 2);
     std::fs::remove_dir_all(dir).unwrap();
 }
