@@ -2,16 +2,19 @@
 LlamaForCausalLM and AutoTokenizer, loaded from a Hugging Face folder (the one ragtune converted).
 
 JSON on stdin, JSON on stdout. Operations:
-  {"op": "tokenize", "model_dir", "texts": [...], "chats": [[{"role", "content"}, ...], ...]}
-      -> {"ids": [[...]], "decoded": [...], "chat_renders": [...], "special": {...}}
+  {"op": "tokenize", "model_dir", "texts": [...], "chats": [[{"role", "content"}, ...], ...], "gguf": FILE}
+      -> {"ids": [[...]], "decoded": [...], "chat_renders": [...], "special": {...}, "gguf_ids": [[...]]}
+         gguf_ids come from transformers' own GGUF tokenizer conversion of FILE, independent of ragtune.
   {"op": "logits", "model_dir", "singles": [[ids]], "batch": [[ids]], "out": FILE}
       -> writes FILE (safetensors: single_<i> [seq, vocab], batch [b, max_len, vocab], left padded)
          and answers {"out": FILE}
-  {"op": "generate", "model_dir", "prompts": [[ids]], "max_new_tokens": N, "batched": bool}
-      -> {"tokens": [[new ids, EOS and padding removed]]}
+  {"op": "generate", "model_dir", "prompts": [[ids]], "max_new_tokens": N}
+      -> {"single": [[new ids]], "batched": [[new ids]]}, greedy, EOS and padding removed;
+         single runs one prompt at a time, batched runs them all in one left-padded batch.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -47,7 +50,11 @@ def tokenize_op(req):
         "eos_id": tok.eos_token_id,
         "pad_id": tok.pad_token_id,
     }
-    return {"ids": ids, "decoded": decoded, "chat_renders": renders, "special": special}
+    result = {"ids": ids, "decoded": decoded, "chat_renders": renders, "special": special}
+    if req.get("gguf"):
+        gguf_tok = AutoTokenizer.from_pretrained(os.path.dirname(req["gguf"]), gguf_file=os.path.basename(req["gguf"]))
+        result["gguf_ids"] = [gguf_tok(text)["input_ids"] for text in req["texts"]]
+    return result
 
 
 @torch.no_grad()
@@ -70,25 +77,27 @@ def generate_op(req):
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     pad = model.config.pad_token_id
-    groups = [req["prompts"]] if req["batched"] else [[p] for p in req["prompts"]]
-    tokens = []
-    for group in groups:
-        ids, mask = left_pad(group, pad)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=req["max_new_tokens"],
-            do_sample=False,
-            pad_token_id=pad,
-        )
-        for row in out[:, ids.shape[1]:].tolist():
-            new = []
-            for t in row:
-                if t in eos:
-                    break
-                new.append(t)
-            tokens.append(new)
-    return {"tokens": tokens}
+    result = {}
+    for mode, groups in (("single", [[p] for p in req["prompts"]]), ("batched", [req["prompts"]])):
+        tokens = []
+        for group in groups:
+            ids, mask = left_pad(group, pad)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=req["max_new_tokens"],
+                do_sample=False,
+                pad_token_id=pad,
+            )
+            for row in out[:, ids.shape[1]:].tolist():
+                new = []
+                for t in row:
+                    if t in eos:
+                        break
+                    new.append(t)
+                tokens.append(new)
+        result[mode] = tokens
+    return result
 
 
 def main():

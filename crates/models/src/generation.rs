@@ -24,7 +24,9 @@ impl Sampling {
             )));
         }
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ModelError::Invalid(format!("top_p {top_p}: expected 0 < top_p ≤ 1")));
+            return Err(ModelError::Invalid(format!(
+                "top_p {top_p}: expected 0 < top_p ≤ 1"
+            )));
         }
         Ok(if temperature == 0.0 {
             Sampling::Greedy
@@ -71,8 +73,34 @@ pub fn left_pad(prompts: &[Vec<i64>], pad_token_id: i64, device: tch::Device) ->
     )
 }
 
-/// Generates a continuation for every prompt (token ids, without padding), batched.
-pub fn generate(model: &Llama, prompts: &[Vec<i64>], config: &GenerationConfig) -> Result<Vec<Generated>> {
+/// Generates a continuation for every prompt (token ids, without padding), batched. Row `i`
+/// samples with seed `config.seed + i`.
+pub fn generate(
+    model: &Llama,
+    prompts: &[Vec<i64>],
+    config: &GenerationConfig,
+) -> Result<Vec<Generated>> {
+    let seeds: Vec<u64> = (0..prompts.len() as u64)
+        .map(|i| config.seed.wrapping_add(i))
+        .collect();
+    generate_seeded(model, prompts, &seeds, config)
+}
+
+/// Like `generate`, with each row's sampling seed given (`config.seed` is ignored), so callers that
+/// reorder prompts into batches keep every prompt's sample reproducible.
+pub fn generate_seeded(
+    model: &Llama,
+    prompts: &[Vec<i64>],
+    row_seeds: &[u64],
+    config: &GenerationConfig,
+) -> Result<Vec<Generated>> {
+    if row_seeds.len() != prompts.len() {
+        return Err(ModelError::Invalid(format!(
+            "{} seeds for {} prompts",
+            row_seeds.len(),
+            prompts.len()
+        )));
+    }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::Invalid(format!("prompt {i} has no tokens")));
     }
@@ -93,8 +121,9 @@ pub fn generate(model: &Llama, prompts: &[Vec<i64>], config: &GenerationConfig) 
         return Ok(results);
     }
     let device = model.embed_tokens.ws.device();
-    let mut rngs: Vec<rand::rngs::StdRng> = (0..prompts.len())
-        .map(|i| rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(i as u64)))
+    let mut rngs: Vec<rand::rngs::StdRng> = row_seeds
+        .iter()
+        .map(|&s| rand::rngs::StdRng::seed_from_u64(s))
         .collect();
     tch::no_grad(|| {
         let (ids, mut mask) = left_pad(prompts, config.pad_token_id, device);
@@ -122,8 +151,13 @@ pub fn generate(model: &Llama, prompts: &[Vec<i64>], config: &GenerationConfig) 
             if done.iter().all(|&d| d) || step + 1 == config.max_new_tokens {
                 break;
             }
-            let fed = Tensor::from_slice(&fed).reshape([batch, 1]).to_device(device);
-            mask = Tensor::cat(&[&mask, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1);
+            let fed = Tensor::from_slice(&fed)
+                .reshape([batch, 1])
+                .to_device(device);
+            mask = Tensor::cat(
+                &[&mask, &Tensor::ones([batch, 1], (Kind::Int64, device))],
+                1,
+            );
             hidden = model.forward_hidden(&fed, Some(&mask), None, Some(&mut cache))?;
         }
         Ok(results)
@@ -131,7 +165,11 @@ pub fn generate(model: &Llama, prompts: &[Vec<i64>], config: &GenerationConfig) 
 }
 
 /// The next token of every row of `logits` (`[batch, vocab]`, f32).
-fn choose(logits: &Tensor, sampling: Sampling, rngs: &mut [rand::rngs::StdRng]) -> Result<Vec<i64>> {
+fn choose(
+    logits: &Tensor,
+    sampling: Sampling,
+    rngs: &mut [rand::rngs::StdRng],
+) -> Result<Vec<i64>> {
     match sampling {
         Sampling::Greedy => {
             let ids = logits.argmax(-1, false).to_device(tch::Device::Cpu);
@@ -191,18 +229,29 @@ mod tests {
         }
         let draw = |seed| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            (0..20).map(|_| sample_top_p(&probs, 1.0, &mut rng)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| sample_top_p(&probs, 1.0, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert!(Sampling::from_temperature(-1.0, 0.9).is_err());
         assert!(Sampling::from_temperature(0.7, 0.0).is_err());
-        assert_eq!(Sampling::from_temperature(0.0, 1.0).unwrap(), Sampling::Greedy);
+        assert_eq!(
+            Sampling::from_temperature(0.0, 1.0).unwrap(),
+            Sampling::Greedy
+        );
     }
 
     #[test]
     fn left_pad_aligns_prompts_right() {
         let (ids, mask) = left_pad(&[vec![5, 6, 7], vec![9]], 0, tch::Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(&ids.reshape([-1])).unwrap(), [5, 6, 7, 0, 0, 9]);
-        assert_eq!(Vec::<i64>::try_from(&mask.reshape([-1])).unwrap(), [1, 1, 1, 0, 0, 1]);
+        assert_eq!(
+            Vec::<i64>::try_from(&ids.reshape([-1])).unwrap(),
+            [5, 6, 7, 0, 0, 9]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(&mask.reshape([-1])).unwrap(),
+            [1, 1, 1, 0, 0, 1]
+        );
     }
 }

@@ -272,12 +272,14 @@ impl GgufFile {
 
     pub fn get_f64(&self, key: &str) -> Result<f64> {
         let v = self.required(key)?;
-        v.as_f64().ok_or_else(|| self.wrong_type(key, "a number", v))
+        v.as_f64()
+            .ok_or_else(|| self.wrong_type(key, "a number", v))
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
         let v = self.required(key)?;
-        v.as_str().ok_or_else(|| self.wrong_type(key, "a string", v))
+        v.as_str()
+            .ok_or_else(|| self.wrong_type(key, "a string", v))
     }
 
     /// An array of strings (token lists, merges).
@@ -366,10 +368,12 @@ impl GgufFile {
 
     /// Dequantizes a tensor to f32 values, in file order.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
-        let info = self.tensor_info(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
         let bytes = self.tensor_bytes(info)?;
         dequantize(info.ggml_type, bytes, info.n_elements() as usize)
             .map_err(|m| self.error(format!("tensor `{name}`: {m}")))
@@ -559,7 +563,10 @@ impl<'a> Reader<'a> {
                         )
                     })?;
                 if elem_type == 9 {
-                    return Err(format!("{} is an array of arrays, which GGUF does not allow", what()));
+                    return Err(format!(
+                        "{} is an array of arrays, which GGUF does not allow",
+                        what()
+                    ));
                 }
                 let mut items = Vec::with_capacity(len);
                 for i in 0..len {
@@ -611,7 +618,11 @@ fn parse_header(bytes: &[u8]) -> ParseResult<Header> {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => match v.as_i64() {
             Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
-            _ => return Err(format!("general.alignment is {v:?}, expected a power of two")),
+            _ => {
+                return Err(format!(
+                    "general.alignment is {v:?}, expected a power of two"
+                ))
+            }
         },
     };
     let mut tensors = Vec::with_capacity(n_tensors as usize);
@@ -627,7 +638,10 @@ fn parse_header(bytes: &[u8]) -> ParseResult<Header> {
         for d in 0..n_dims {
             dims.push(r.u64(&|| format!("dim {d} of tensor `{name}`"))?);
         }
-        if dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none()
+        if dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .is_none()
             || dims.iter().any(|&d| d > i64::MAX as u64)
         {
             return Err(format!("tensor `{name}` has dims {dims:?}, which overflow"));

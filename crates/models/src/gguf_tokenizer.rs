@@ -149,9 +149,7 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<LlamaTokenizer> {
         .get("tokenizer.chat_template")
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    let model_max_length = gguf
-        .get("llama.context_length")
-        .and_then(|v| v.as_i64());
+    let model_max_length = gguf.get("llama.context_length").and_then(|v| v.as_i64());
     LlamaTokenizer::new(
         tokenizer,
         crate::llama_tokenizer::SpecialTokens {

@@ -45,7 +45,8 @@ pub fn load_gguf(path: &Path, device: Device, kind: Kind) -> Result<CausalLm> {
     let gguf = GgufFile::open(path)?;
     let config = LlamaConfig::from_gguf(&gguf)?;
     let tokenizer = tokenizer_from_gguf(&gguf)?;
-    let tensors: HashMap<String, Tensor> = hf_tensors_from_gguf(&gguf, &config)?.into_iter().collect();
+    let tensors: HashMap<String, Tensor> =
+        hf_tensors_from_gguf(&gguf, &config)?.into_iter().collect();
     build(config, tokenizer, &tensors, path, device, kind)
 }
 
@@ -141,9 +142,8 @@ pub fn hf_tensors_from_gguf(
         })?;
         let mut tensor = gguf.tensor(&info.name, Device::Cpu)?;
         if let Some(n_head) = heads {
-            tensor = unpermute_rope_rows(&tensor, n_head).map_err(|m| {
-                gguf.error(format!("tensor `{}`: {m}", info.name))
-            })?;
+            tensor = unpermute_rope_rows(&tensor, n_head)
+                .map_err(|m| gguf.error(format!("tensor `{}`: {m}", info.name)))?;
         }
         out.push((hf_name, tensor));
     }
@@ -184,7 +184,9 @@ fn unpermute_rope_rows(w: &Tensor, n_head: i64) -> std::result::Result<Tensor, S
         return Err(format!("expected a matrix, got shape {size:?}"));
     };
     if n_head <= 0 || out % (2 * n_head) != 0 {
-        return Err(format!("{out} rows do not split into {n_head} heads of even size"));
+        return Err(format!(
+            "{out} rows do not split into {n_head} heads of even size"
+        ));
     }
     Ok(w.reshape([n_head, out / n_head / 2, 2, inp])
         .transpose(1, 2)

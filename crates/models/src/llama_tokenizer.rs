@@ -2,8 +2,8 @@
 //! special tokens (BOS, EOS, padding) and the chat template. Reads and writes the Hugging Face
 //! files (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`).
 
-use crate::checkpoint::atomic_write;
 use crate::chat::ChatTemplate;
+use crate::checkpoint::atomic_write;
 use crate::{ModelError, Result};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -140,10 +140,7 @@ impl LlamaTokenizer {
         cfg.insert("add_bos_token".into(), json!(self.special.add_bos_token));
         cfg.insert("add_eos_token".into(), json!(false));
         cfg.insert("clean_up_tokenization_spaces".into(), json!(false));
-        cfg.insert(
-            "tokenizer_class".into(),
-            json!("PreTrainedTokenizerFast"),
-        );
+        cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
         if let Some(n) = self.model_max_length {
             cfg.insert("model_max_length".into(), json!(n));
         }
@@ -180,7 +177,8 @@ impl LlamaTokenizer {
         let ids: Vec<u32> = ids
             .iter()
             .map(|&i| {
-                u32::try_from(i).map_err(|_| ModelError::Invalid(format!("token id {i} is negative")))
+                u32::try_from(i)
+                    .map_err(|_| ModelError::Invalid(format!("token id {i} is negative")))
             })
             .collect::<Result<_>>()?;
         self.tokenizer

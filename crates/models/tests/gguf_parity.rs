@@ -30,7 +30,11 @@ fn assert_tensors_match(gguf: &GgufFile, expected: &Value) {
     assert!(!expected.is_empty());
     for (name, want) in expected {
         let info = gguf.tensor_info(name).expect("tensor present");
-        assert_eq!(info.ggml_type.name(), want["type"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            info.ggml_type.name(),
+            want["type"].as_str().unwrap(),
+            "{name}"
+        );
         let shape: Vec<i64> = serde_json::from_value(want["shape"].clone()).unwrap();
         assert_eq!(info.torch_shape(), shape, "{name}");
         let values = gguf.dequantize(name).unwrap();
@@ -68,7 +72,10 @@ fn smollm2_dequantizes_bit_identically_to_the_gguf_package() {
         .iter()
         .map(|n| gguf.tensor_info(n).unwrap().ggml_type.name())
         .collect();
-    assert_eq!(types.into_iter().collect::<Vec<_>>(), ["F32", "Q4_1", "Q8_0"]);
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        ["F32", "Q4_1", "Q8_0"]
+    );
     assert_tensors_match(&gguf, &expected["tensors"]);
 }
 
@@ -81,7 +88,9 @@ fn synthetic_file_of_every_type_matches_the_gguf_package() {
     );
     let gguf = GgufFile::open(Path::new(expected["path"].as_str().unwrap())).unwrap();
     for (key, want) in expected["metadata"].as_object().unwrap() {
-        let got = gguf.get(key).unwrap_or_else(|| panic!("metadata {key} missing"));
+        let got = gguf
+            .get(key)
+            .unwrap_or_else(|| panic!("metadata {key} missing"));
         assert_eq!(&got.to_json(), want, "metadata {key}");
     }
     let types: Vec<String> = gguf.tensors.iter().map(|t| t.ggml_type.name()).collect();
@@ -93,7 +102,10 @@ fn open_err(path: &Path) -> String {
     let err = GgufFile::open(path).unwrap_err();
     assert!(matches!(err, ModelError::Format { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
     msg
 }
 
@@ -106,7 +118,18 @@ fn truncated_and_corrupted_copies_fail_with_clear_errors() {
     let path = dir.join("bad.gguf");
 
     // Cuts inside the header: magic, counts, metadata strings, the token array, tensor infos.
-    for cut in [0, 3, 7, 20, 100, 1_000, 50_000, 700_000, data_offset - 200, data_offset - 1] {
+    for cut in [
+        0,
+        3,
+        7,
+        20,
+        100,
+        1_000,
+        50_000,
+        700_000,
+        data_offset - 200,
+        data_offset - 1,
+    ] {
         std::fs::write(&path, &original[..cut]).unwrap();
         let msg = open_err(&path);
         assert!(
@@ -121,7 +144,10 @@ fn truncated_and_corrupted_copies_fail_with_clear_errors() {
     let truncated = GgufFile::open(&path).unwrap();
     let last = truncated.tensors.iter().max_by_key(|t| t.offset).unwrap();
     let msg = truncated.dequantize(&last.name).unwrap_err().to_string();
-    assert!(msg.contains("past the end of the file") && msg.contains(&last.name), "{msg}");
+    assert!(
+        msg.contains("past the end of the file") && msg.contains(&last.name),
+        "{msg}"
+    );
     let err = ragtune_models::llama_load::load_gguf(&path, tch::Device::Cpu, tch::Kind::Float)
         .err()
         .expect("loading a truncated model fails");
@@ -164,8 +190,14 @@ fn truncated_and_corrupted_copies_fail_with_clear_errors() {
     patched[type_at..type_at + 4].copy_from_slice(&12u32.to_le_bytes());
     std::fs::write(&path, &patched).unwrap();
     let file = GgufFile::open(&path).unwrap();
-    let msg = file.dequantize("token_embd.weight").unwrap_err().to_string();
-    assert!(msg.contains("Q4_K") && msg.contains("token_embd.weight"), "{msg}");
+    let msg = file
+        .dequantize("token_embd.weight")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("Q4_K") && msg.contains("token_embd.weight"),
+        "{msg}"
+    );
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
