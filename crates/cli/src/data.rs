@@ -466,7 +466,7 @@ fn inspect(path: &Path) -> Result<()> {
         bail!("{} holds no Parquet tables", path.display());
     }
     println!(
-        "{:<48} {:<12} {:>3} {:>9}   lengths p50/p90/p99/max",
+        "{:<56} {:<12} {:>3} {:>9}   lengths p50/p90/p99/max",
         "file", "schema", "v", "rows"
     );
     for file in files {
@@ -512,7 +512,7 @@ fn inspect(path: &Path) -> Result<()> {
             _ => String::new(),
         };
         println!(
-            "{:<48} {:<12} {:>3} {:>9}   {summary}",
+            "{:<56} {:<12} {:>3} {:>9}   {summary}",
             name,
             info.schema_name.as_deref().unwrap_or("(unknown)"),
             info.schema_version
