@@ -1,6 +1,7 @@
 //! Benchmarks: each runs ragtune and its Python peer on the same workload in one run, measures
 //! throughput and peak RSS of each as a child process, and prints the ratios.
 
+mod data;
 mod encode;
 
 use anyhow::{bail, Context, Result};
@@ -14,11 +15,14 @@ use std::time::Instant;
 pub enum Bench {
     /// `ragtune embed` vs sentence-transformers encode() on all-MiniLM-L6-v2 (CPU).
     Encode(encode::EncodeArgs),
+    /// `ragtune data import` + token cache vs pyarrow + HF tokenizers on a generated 200k-passage corpus.
+    Data(data::DataArgs),
 }
 
 pub fn run(root: &Path, python: &Path, which: Bench) -> Result<()> {
     match which {
         Bench::Encode(args) => encode::run(root, python, args),
+        Bench::Data(args) => data::run(root, python, args),
     }
 }
 
