@@ -1,1 +1,20 @@
-//! Generator fine-tuning on (question + retrieved passages -> answer): SFT, instruction tuning and DPO, full or PEFT.
+//! Generator fine-tuning on (question + retrieved passages -> answer): SFT and instruction tuning
+//! with ChatML, completion-only loss and a context-first truncation policy; RAFT-style mixing of
+//! gold and distractor passages; DPO losses; evaluation with the eval crate. Full or PEFT (any
+//! method of `ragtune_models::peft`), on the shared `ragtune_trainer::Trainer`.
+//!
+//! - [`config`]: the TOML run config.
+//! - [`contexts`]: lexical top-k passages per question and RAFT mixing.
+//! - [`prompt`]: prompt templates, tokenization and the max-length policy.
+//! - [`loss`]: chunked completion-only cross-entropy, sequence log-probs, DPO losses.
+//! - [`sft`]: the SFT recipe; [`evaluate`]: generation on a split and its scores.
+
+pub mod config;
+pub mod contexts;
+pub mod error;
+pub mod evaluate;
+pub mod loss;
+pub mod prompt;
+pub mod sft;
+
+pub use error::{GeneratorError, Result};

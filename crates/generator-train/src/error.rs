@@ -1,0 +1,21 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeneratorError {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Model(#[from] ragtune_models::ModelError),
+    #[error(transparent)]
+    Trainer(#[from] ragtune_trainer::TrainerError),
+    #[error(transparent)]
+    Data(#[from] ragtune_data::DataError),
+    #[error(transparent)]
+    Eval(#[from] ragtune_eval::EvalError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = GeneratorError> = std::result::Result<T, E>;

@@ -1,0 +1,124 @@
+//! Generation on a split (greedy, batched) and its scores: SQuAD EM and F1, ROUGE-L (with
+//! stemming), corpus BLEU, METEOR and groundedness in the passages, all from the eval crate.
+
+use crate::config::EvalSettings;
+use crate::contexts::{retrieved, LexicalIndex};
+use crate::prompt::PromptBuilder;
+use crate::{GeneratorError, Result};
+use ragtune_data::QaExample;
+use ragtune_eval::faithfulness::{groundedness, GroundednessParams};
+use ragtune_models::generation::{generate, GenerationConfig, Sampling};
+use ragtune_models::llama_load::CausalLm;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub id: String,
+    pub question: String,
+    pub prediction: String,
+    pub answers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub examples: usize,
+    pub metrics: BTreeMap<String, f64>,
+    pub predictions: Vec<Prediction>,
+}
+
+/// Generates answers with `lm` as it stands (attach an adapter first to evaluate it) for the
+/// first `settings.limit` questions, with the top-k lexical passages in the prompt.
+pub fn evaluate(
+    lm: &CausalLm,
+    qa: &[QaExample],
+    index: &LexicalIndex,
+    builder: &PromptBuilder,
+    k: usize,
+    settings: &EvalSettings,
+    mut on_batch: impl FnMut(usize),
+) -> Result<EvalReport> {
+    let qa = &qa[..settings.limit.unwrap_or(qa.len()).min(qa.len())];
+    if qa.is_empty() {
+        return Err(GeneratorError::Invalid("no examples to evaluate".into()));
+    }
+    let im_end = lm.tokenizer.encode("<|im_end|>", false)?;
+    let mut eos = vec![lm.tokenizer.eos_token_id()];
+    if let [id] = im_end.as_slice() {
+        eos.push(*id);
+    }
+    let gen = GenerationConfig {
+        max_new_tokens: settings.max_new_tokens,
+        sampling: Sampling::Greedy,
+        seed: 0,
+        eos_token_ids: eos,
+        pad_token_id: lm.tokenizer.pad_token_id(),
+    };
+    let mut predictions = vec![];
+    let mut contexts = vec![];
+    for chunk in qa.chunks(settings.batch_size.max(1)) {
+        let mut prompts = vec![];
+        for ex in chunk {
+            let passages = retrieved(index, ex, k);
+            prompts.push(builder.prompt(&ex.question, &passages)?);
+            contexts.push(passages);
+        }
+        let outputs = tch::no_grad(|| generate(&lm.model, &prompts, &gen))?;
+        for (ex, out) in chunk.iter().zip(outputs) {
+            predictions.push(Prediction {
+                id: ex.id.clone(),
+                question: ex.question.clone(),
+                prediction: lm.tokenizer.decode(&out.tokens, true)?.trim().to_string(),
+                answers: ex.answers.clone(),
+            });
+        }
+        on_batch(chunk.len());
+    }
+    let n = predictions.len() as f64;
+    let mean = |f: &dyn Fn(&Prediction, usize) -> f64| {
+        predictions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| f(p, i))
+            .sum::<f64>()
+            / n
+    };
+    let mut metrics = BTreeMap::new();
+    metrics.insert(
+        "exact_match".into(),
+        mean(&|p, _| ragtune_eval::squad::exact_match(&p.prediction, &p.answers)),
+    );
+    metrics.insert(
+        "f1".into(),
+        mean(&|p, _| ragtune_eval::squad::token_f1(&p.prediction, &p.answers)),
+    );
+    metrics.insert(
+        "rouge_l".into(),
+        mean(&|p, _| {
+            ragtune_eval::rouge::rouge_multi(&p.prediction, &p.answers, true)
+                .rouge_l
+                .fmeasure
+        }),
+    );
+    metrics.insert(
+        "meteor".into(),
+        mean(&|p, _| ragtune_eval::meteor::meteor(&p.prediction, &p.answers)),
+    );
+    metrics.insert(
+        "groundedness".into(),
+        mean(&|p, i| {
+            groundedness(&p.prediction, &contexts[i], GroundednessParams::default()).token_support
+        }),
+    );
+    let hyps: Vec<&str> = predictions.iter().map(|p| p.prediction.as_str()).collect();
+    let refs: Vec<Vec<String>> = predictions.iter().map(|p| p.answers.clone()).collect();
+    metrics.insert(
+        "bleu".into(),
+        ragtune_eval::bleu::corpus_bleu(&hyps, &refs)?.score,
+    );
+    Ok(EvalReport {
+        examples: predictions.len(),
+        metrics,
+        predictions,
+    })
+}

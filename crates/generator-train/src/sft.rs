@@ -1,0 +1,152 @@
+//! Supervised fine-tuning: (question + passages) -> answer, loss on the answer tokens only.
+
+use crate::config::GeneratorConfig;
+use crate::contexts::{raft, LexicalIndex};
+use crate::loss::completion_loss;
+use crate::prompt::PromptBuilder;
+use crate::{GeneratorError, Result};
+use ragtune_data::QaExample;
+use ragtune_models::llama_load::CausalLm;
+use ragtune_models::peft::{self, Peft};
+use ragtune_trainer::{Metrics, RunSummary, Trainer};
+use tch::{Device, Tensor};
+
+/// Rows of the LM head's input per chunk of the cross-entropy.
+pub const LOSS_CHUNK: i64 = 256;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftExample {
+    pub id: String,
+    /// Prompt then answer.
+    pub input_ids: Vec<i64>,
+    pub prompt_len: usize,
+}
+
+/// Tokenized training examples with RAFT-mixed contexts (one draw per example, seeded).
+pub fn build_examples(
+    qa: &[QaExample],
+    index: &LexicalIndex,
+    builder: &PromptBuilder,
+    config: &GeneratorConfig,
+) -> Result<Vec<SftExample>> {
+    qa.iter()
+        .enumerate()
+        .map(|(i, ex)| {
+            let answer = ex.answers.first().ok_or_else(|| {
+                GeneratorError::Invalid(format!(
+                    "qa row {i} (id {:?}): field `answers` is empty",
+                    ex.id
+                ))
+            })?;
+            let passages = raft(index, ex, &config.contexts, i as u64);
+            let enc = builder.encode(&ex.question, &passages, Some(answer))?;
+            let prompt_len = enc.prompt.len();
+            let mut input_ids = enc.prompt;
+            input_ids.extend(enc.answer);
+            Ok(SftExample {
+                id: ex.id.clone(),
+                input_ids,
+                prompt_len,
+            })
+        })
+        .collect()
+}
+
+/// Right-padded `(input_ids, attention_mask, completion_mask)`, each `[batch, longest]`.
+pub fn collate(
+    examples: &[&SftExample],
+    pad_token_id: i64,
+    device: Device,
+) -> (Tensor, Tensor, Tensor) {
+    let width = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0);
+    let (mut ids, mut attention, mut completion) = (vec![], vec![], vec![]);
+    for e in examples {
+        let n = e.input_ids.len();
+        ids.extend(
+            e.input_ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad_token_id, width - n)),
+        );
+        attention.extend((0..width).map(|t| i64::from(t < n)));
+        completion.extend((0..width).map(|t| i64::from(t >= e.prompt_len && t < n)));
+    }
+    let shape = [examples.len() as i64, width as i64];
+    let t = |v: Vec<i64>| Tensor::from_slice(&v).reshape(shape).to_device(device);
+    (t(ids), t(attention), t(completion))
+}
+
+/// Completion-only loss of one batch under `peft` (attached already for LoRA/IA3).
+pub fn batch_loss(
+    lm: &CausalLm,
+    adapter: Option<&Peft>,
+    batch: &[&SftExample],
+    device: Device,
+) -> Result<(Tensor, i64)> {
+    let (ids, attention, completion) = collate(batch, lm.tokenizer.pad_token_id(), device);
+    let hidden = peft::forward_hidden(&lm.model, adapter, &ids, Some(&attention))?;
+    completion_loss(&lm.model, &hidden, &ids, &completion, LOSS_CHUNK)
+}
+
+/// Trains `adapter` (or the whole model when `None`) on `examples`; `eval_fn` runs when the
+/// trainer's eval cadence says so. Base weights under PEFT are frozen: no gradient, no AdamW state.
+pub fn train(
+    config: &GeneratorConfig,
+    lm: &mut CausalLm,
+    adapter: Option<&Peft>,
+    examples: &[SftExample],
+    device: Device,
+    mut eval_fn: impl FnMut(&CausalLm) -> Result<Metrics>,
+) -> Result<RunSummary> {
+    let vs = match adapter {
+        Some(a) => {
+            lm.var_store.freeze();
+            a.attach(&mut lm.model);
+            a.var_store()
+        }
+        None => &lm.var_store,
+    };
+    if examples.is_empty() {
+        return Err(GeneratorError::Invalid("no training examples".into()));
+    }
+    let mut trainer = Trainer::new(config.trainer.clone(), vs, examples.len())?;
+    let started = std::time::Instant::now();
+    let mut tokens = 0i64;
+    while !trainer.finished() {
+        if let Some(a) = adapter {
+            a.set_training(true);
+        }
+        let lm_ref: &CausalLm = lm;
+        let report = trainer.train_step(
+            |batch| -> Result<Tensor> {
+                let rows: Vec<&SftExample> = batch.indices.iter().map(|&i| &examples[i]).collect();
+                tokens += rows.iter().map(|r| r.input_ids.len() as i64).sum::<i64>();
+                let (loss, _) = batch_loss(lm_ref, adapter, &rows, device)?;
+                Ok(loss)
+            },
+            || {
+                if let Some(a) = adapter {
+                    a.set_training(false);
+                }
+                eval_fn(lm_ref)
+            },
+        )?;
+        if report.step % 10 == 0 || report.finished {
+            trainer.println(format!(
+                "step {} loss {:.4} lr {:.2e} ({:.1} tokens/s)",
+                report.step,
+                report.loss,
+                report.lr,
+                tokens as f64 / started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    if let Some(a) = adapter {
+        a.set_training(false);
+    }
+    Ok(trainer.finish()?)
+}
