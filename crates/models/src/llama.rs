@@ -160,7 +160,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim {} is odd; RoPE needs it even", self.head_dim));
+            return Err(format!(
+                "head_dim {} is odd; RoPE needs it even",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -193,7 +196,11 @@ impl LlamaConfig {
             Some(_) => gguf.get_i64(&key("rope.dimension_count"))?,
             None => hidden / heads.max(1),
         };
-        if gguf.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
+        if gguf
+            .get(&key("rope.scaling.type"))
+            .and_then(|v| v.as_str())
+            .is_some_and(|t| t != "none")
+        {
             return Err(ModelError::Unsupported(format!(
                 "{}: RoPE scaling (llama.rope.scaling.type) is not supported",
                 gguf.path().display()
@@ -220,7 +227,9 @@ impl LlamaConfig {
             },
             tie_word_embeddings: gguf.tensor_info("output.weight").is_none(),
             bos_token_id: optional_id("tokenizer.ggml.bos_token_id"),
-            eos_token_ids: optional_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            eos_token_ids: optional_id("tokenizer.ggml.eos_token_id")
+                .into_iter()
+                .collect(),
             pad_token_id: optional_id("tokenizer.ggml.padding_token_id"),
         };
         config
@@ -301,7 +310,8 @@ impl Module for RmsNorm {
 pub trait DecoderAdapter: std::fmt::Debug {
     /// The output of projection `module` of layer `layer` (`self_attn.q_proj`, `mlp.down_proj`, ...)
     /// for input `xs`, in place of `base.forward(xs)`.
-    fn project(&self, layer: usize, module: &str, xs: &Tensor, base: &nn::Linear) -> Option<Tensor>;
+    fn project(&self, layer: usize, module: &str, xs: &Tensor, base: &nn::Linear)
+        -> Option<Tensor>;
 }
 
 type Hook<'a> = Option<(&'a dyn DecoderAdapter, usize)>;
@@ -360,9 +370,18 @@ impl Attention {
     ) -> Tensor {
         let (b, t, _) = xs.size3().expect("hidden states are [batch, seq, hidden]");
         let heads = |x: Tensor, n: i64| x.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let q = heads(project(&self.q_proj, xs, hook, "self_attn.q_proj"), self.num_heads);
-        let k = heads(project(&self.k_proj, xs, hook, "self_attn.k_proj"), self.num_kv_heads);
-        let v = heads(project(&self.v_proj, xs, hook, "self_attn.v_proj"), self.num_kv_heads);
+        let q = heads(
+            project(&self.q_proj, xs, hook, "self_attn.q_proj"),
+            self.num_heads,
+        );
+        let k = heads(
+            project(&self.k_proj, xs, hook, "self_attn.k_proj"),
+            self.num_kv_heads,
+        );
+        let v = heads(
+            project(&self.v_proj, xs, hook, "self_attn.v_proj"),
+            self.num_kv_heads,
+        );
         let (cos, sin) = rope;
         let q = apply_rope(&q, cos, sin);
         let mut k = apply_rope(&k, cos, sin);
@@ -389,7 +408,9 @@ impl Attention {
             scale,
             false,
         );
-        let out = out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        let out = out
+            .transpose(1, 2)
+            .reshape([b, t, self.num_heads * self.head_dim]);
         project(&self.o_proj, &out, hook, "self_attn.o_proj")
     }
 }
@@ -500,11 +521,27 @@ impl Llama {
                 DecoderLayer {
                     self_attn: Attention::new(&p / "self_attn", config),
                     mlp: Mlp {
-                        gate_proj: linear(&p / "mlp" / "gate_proj", config.hidden_size, config.intermediate_size),
-                        up_proj: linear(&p / "mlp" / "up_proj", config.hidden_size, config.intermediate_size),
-                        down_proj: linear(&p / "mlp" / "down_proj", config.intermediate_size, config.hidden_size),
+                        gate_proj: linear(
+                            &p / "mlp" / "gate_proj",
+                            config.hidden_size,
+                            config.intermediate_size,
+                        ),
+                        up_proj: linear(
+                            &p / "mlp" / "up_proj",
+                            config.hidden_size,
+                            config.intermediate_size,
+                        ),
+                        down_proj: linear(
+                            &p / "mlp" / "down_proj",
+                            config.intermediate_size,
+                            config.hidden_size,
+                        ),
                     },
-                    input_layernorm: RmsNorm::new(&p / "input_layernorm", config.hidden_size, config.rms_norm_eps),
+                    input_layernorm: RmsNorm::new(
+                        &p / "input_layernorm",
+                        config.hidden_size,
+                        config.rms_norm_eps,
+                    ),
                     post_attention_layernorm: RmsNorm::new(
                         &p / "post_attention_layernorm",
                         config.hidden_size,
@@ -513,9 +550,10 @@ impl Llama {
                 }
             })
             .collect();
-        let exponents = Tensor::arange_start_step(0, config.head_dim, 2, (Kind::Int64, root.device()))
-            .to_kind(Kind::Float)
-            / config.head_dim as f64;
+        let exponents =
+            Tensor::arange_start_step(0, config.head_dim, 2, (Kind::Int64, root.device()))
+                .to_kind(Kind::Float)
+                / config.head_dim as f64;
         let inv_freq = Tensor::from(config.rope_theta as f32)
             .to_device(root.device())
             .pow(&exponents)
@@ -559,7 +597,10 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         input_ids.size2().map_err(|_| {
-            ModelError::Invalid(format!("input_ids must be [batch, seq], got {:?}", input_ids.size()))
+            ModelError::Invalid(format!(
+                "input_ids must be [batch, seq], got {:?}",
+                input_ids.size()
+            ))
         })?;
         let embeds = self.embed_tokens.forward(input_ids);
         self.forward_hidden_from_embeds(&embeds, attention_mask, position_ids, cache)
@@ -575,7 +616,10 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = embeds.size3().map_err(|_| {
-            ModelError::Invalid(format!("embeddings must be [batch, seq, hidden], got {:?}", embeds.size()))
+            ModelError::Invalid(format!(
+                "embeddings must be [batch, seq, hidden], got {:?}",
+                embeds.size()
+            ))
         })?;
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
         let device = embeds.device();
@@ -599,7 +643,8 @@ impl Llama {
         };
         let mut hidden = embeds.shallow_clone();
         let kind = hidden.kind();
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
+        let freqs =
+            positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
         let angles = Tensor::cat(&[&freqs, &freqs], -1);
         let rope = (
             angles.cos().to_kind(kind).unsqueeze(1),
@@ -616,11 +661,15 @@ impl Llama {
             )),
             None => None,
         };
+        // Residual adds stay out of place: the norms keep `hidden` for their backward pass.
+        #[allow(clippy::assign_op_pattern)]
         for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(&hidden);
             let entry = cache.as_mut().map(|c| &mut c.layers[i]);
             let hook = self.adapter.as_deref().map(|a| (a, i));
-            let attn = layer.self_attn.forward(&attn_in, &rope, mask.as_ref(), entry, hook);
+            let attn = layer
+                .self_attn
+                .forward(&attn_in, &rope, mask.as_ref(), entry, hook);
             hidden = hidden + attn;
             let mlp = layer
                 .mlp

@@ -114,7 +114,7 @@ pub fn load_weights(
     let unexpected: Vec<&String> = tensors
         .keys()
         .filter(|k| !variables.contains_key(*k))
-        .filter(|k| !k.contains("rotary_emb.inv_freq") && !(tied && *k == "lm_head.weight"))
+        .filter(|k| !(k.contains("rotary_emb.inv_freq") || (tied && *k == "lm_head.weight")))
         .collect();
     if !unexpected.is_empty() {
         return Err(ModelError::format(
