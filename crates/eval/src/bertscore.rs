@@ -3,7 +3,10 @@
 //! For each candidate/reference pair: every token vector is L2-normalized; each candidate token
 //! takes its best cosine over the reference tokens (precision side) and each reference token its
 //! best over the candidate tokens (recall side); P and R are the weighted means of those maxima
-//! with weights normalized per sentence; F = 2PR/(P+R) (0 when that is NaN). Special tokens
+//! with weights normalized per sentence; F = 2PR/(P+R) (0 when that is NaN). A token's best cosine
+//! is floored at 0: bert-score pads each batch and masks padding to similarity 0 *before* the max,
+//! so for every sentence shorter than the longest in its batch (in practice all but one) a negative
+//! best cosine becomes 0. Only tokens with no positively similar counterpart are affected. Special tokens
 //! ([CLS], [SEP]) stay in the similarity matrix but weigh 0. Weights are 1 without idf; with idf
 //! they are log((M + 1) / (df + 1)) where M is the number of reference sentences and df the number
 //! of references containing the token id (unseen ids get log(M + 1)). A candidate or reference
@@ -123,9 +126,10 @@ pub fn score_pair(candidate: &EncodedText, reference: &EncodedText, idf: Option<
         .iter()
         .map(|c| refs.iter().map(|r| c.iter().zip(r).map(|(x, y)| x * y).sum()).collect())
         .collect();
-    let best_for_candidate: Vec<f64> = sim.iter().map(|row| row.iter().copied().fold(f64::MIN, f64::max)).collect();
+    // Starting the max at 0 floors a negative best cosine at 0, as bert-score's masked padding does.
+    let best_for_candidate: Vec<f64> = sim.iter().map(|row| row.iter().copied().fold(0.0, f64::max)).collect();
     let best_for_reference: Vec<f64> = (0..refs.len())
-        .map(|j| sim.iter().map(|row| row[j]).fold(f64::MIN, f64::max))
+        .map(|j| sim.iter().map(|row| row[j]).fold(0.0, f64::max))
         .collect();
     let weighted = |values: &[f64], w: &[f64]| -> f64 {
         let total: f64 = w.iter().sum();
