@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod contexts;
+pub mod dpo;
 pub mod error;
 pub mod evaluate;
 pub mod loss;
