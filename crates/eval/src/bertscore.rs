@@ -88,7 +88,11 @@ fn normalized(vectors: &[Vec<f32>]) -> Vec<Vec<f64>> {
     vectors
         .iter()
         .map(|v| {
-            let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+            let norm = v
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt();
             v.iter().map(|&x| f64::from(x) / norm).collect()
         })
         .collect()
@@ -107,7 +111,11 @@ fn weights(text: &EncodedText, idf: Option<&IdfWeights>) -> Vec<f64> {
 }
 
 /// Greedy-matching BERTScore of one encoded pair.
-pub fn score_pair(candidate: &EncodedText, reference: &EncodedText, idf: Option<&IdfWeights>) -> Result<BertScore> {
+pub fn score_pair(
+    candidate: &EncodedText,
+    reference: &EncodedText,
+    idf: Option<&IdfWeights>,
+) -> Result<BertScore> {
     check(candidate, "candidate")?;
     check(reference, "reference")?;
     if candidate.special.iter().all(|&s| s) || reference.special.iter().all(|&s| s) {
@@ -124,10 +132,17 @@ pub fn score_pair(candidate: &EncodedText, reference: &EncodedText, idf: Option<
     }
     let sim: Vec<Vec<f64>> = cand
         .iter()
-        .map(|c| refs.iter().map(|r| c.iter().zip(r).map(|(x, y)| x * y).sum()).collect())
+        .map(|c| {
+            refs.iter()
+                .map(|r| c.iter().zip(r).map(|(x, y)| x * y).sum())
+                .collect()
+        })
         .collect();
     // Starting the max at 0 floors a negative best cosine at 0, as bert-score's masked padding does.
-    let best_for_candidate: Vec<f64> = sim.iter().map(|row| row.iter().copied().fold(0.0, f64::max)).collect();
+    let best_for_candidate: Vec<f64> = sim
+        .iter()
+        .map(|row| row.iter().copied().fold(0.0, f64::max))
+        .collect();
     let best_for_reference: Vec<f64> = (0..refs.len())
         .map(|j| sim.iter().map(|row| row[j]).fold(0.0, f64::max))
         .collect();
@@ -147,8 +162,16 @@ pub fn score_pair(candidate: &EncodedText, reference: &EncodedText, idf: Option<
 
 /// Scores encoded candidates against their encoded references; `use_idf` takes idf weights from
 /// these references.
-pub fn score_encoded(candidates: &[EncodedText], references: &[EncodedText], use_idf: bool) -> Result<Vec<BertScore>> {
-    check_parallel("BERTScore candidates and references", candidates.len(), references.len())?;
+pub fn score_encoded(
+    candidates: &[EncodedText],
+    references: &[EncodedText],
+    use_idf: bool,
+) -> Result<Vec<BertScore>> {
+    check_parallel(
+        "BERTScore candidates and references",
+        candidates.len(),
+        references.len(),
+    )?;
     let idf = use_idf.then(|| IdfWeights::from_references(references));
     candidates
         .iter()
@@ -164,9 +187,15 @@ pub fn bert_score<E: TokenEncoder>(
     references: &[String],
     use_idf: bool,
 ) -> Result<Vec<BertScore>> {
-    check_parallel("BERTScore candidates and references", candidates.len(), references.len())?;
+    check_parallel(
+        "BERTScore candidates and references",
+        candidates.len(),
+        references.len(),
+    )?;
     let encode = |encoder: &mut E, texts: &[String]| -> Result<Vec<EncodedText>> {
-        let encoded = encoder.encode(texts).map_err(|e| EvalError::Encoder(e.to_string()))?;
+        let encoded = encoder
+            .encode(texts)
+            .map_err(|e| EvalError::Encoder(e.to_string()))?;
         check_parallel("texts and their encodings", texts.len(), encoded.len())?;
         Ok(encoded)
     };

@@ -155,18 +155,18 @@ fn compute(stats: &SegmentStats, effective_order: bool) -> BleuScore {
     }
     let mut smooth_mteval = 1.0;
     let mut eff_order = MAX_ORDER;
-    for n in 0..MAX_ORDER {
-        if stats.total[n] == 0 {
+    for (n, (&correct, &total)) in stats.correct.iter().zip(&stats.total).enumerate() {
+        if total == 0 {
             break;
         }
         if effective_order {
             eff_order = n + 1;
         }
-        if stats.correct[n] == 0 {
+        if correct == 0 {
             smooth_mteval *= 2.0;
-            precisions[n] = 100.0 / (smooth_mteval * stats.total[n] as f64);
+            precisions[n] = 100.0 / (smooth_mteval * total as f64);
         } else {
-            precisions[n] = 100.0 * stats.correct[n] as f64 / stats.total[n] as f64;
+            precisions[n] = 100.0 * correct as f64 / total as f64;
         }
     }
     // sacrebleu's `my_log` floors log(0) at -9999999999.
@@ -185,7 +185,11 @@ pub fn corpus_bleu<H: AsRef<str>, R: AsRef<str>>(
     hypotheses: &[H],
     references: &[Vec<R>],
 ) -> Result<BleuScore> {
-    check_parallel("BLEU hypotheses and references", hypotheses.len(), references.len())?;
+    check_parallel(
+        "BLEU hypotheses and references",
+        hypotheses.len(),
+        references.len(),
+    )?;
     let mut sum = SegmentStats::default();
     for (h, refs) in hypotheses.iter().zip(references) {
         let s = segment_stats(h.as_ref(), refs);

@@ -70,7 +70,11 @@ pub fn classification_report<S: AsRef<str>>(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let index = |l: &str| labels.binary_search_by(|x| x.as_str().cmp(l)).expect("label in set");
+    let index = |l: &str| {
+        labels
+            .binary_search_by(|x| x.as_str().cmp(l))
+            .expect("label in set")
+    };
     let mut confusion = vec![vec![0usize; labels.len()]; labels.len()];
     for (t, p) in y_true.iter().zip(y_pred) {
         confusion[index(t.as_ref())][index(p.as_ref())] += 1;
@@ -96,7 +100,12 @@ pub fn classification_report<S: AsRef<str>>(
             if total == 0.0 {
                 return zero_division;
             }
-            per_label.iter().zip(weights).map(|(p, w)| get(p) * w).sum::<f64>() / total
+            per_label
+                .iter()
+                .zip(weights)
+                .map(|(p, w)| get(p) * w)
+                .sum::<f64>()
+                / total
         };
         Prf {
             precision: avg(|p| p.precision),

@@ -24,19 +24,137 @@ use serde::Serialize;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::LazyLock;
 
-static CITATION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\[([^\[\]]+)\]").expect("citation regex"));
+static CITATION: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[([^\[\]]+)\]").expect("citation regex"));
 
 /// The usual English function words (NLTK's list trimmed to the tokenizer's `[a-z0-9]` forms).
 const STOPWORDS: &[&str] = &[
-    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be",
-    "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "did", "do", "does",
-    "doing", "don", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he",
-    "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its",
-    "itself", "just", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once",
-    "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "s", "same", "she", "should", "so",
-    "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these",
-    "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what",
-    "when", "where", "which", "while", "who", "whom", "why", "will", "with", "you", "your", "yours", "yourself",
+    "a",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "all",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "below",
+    "between",
+    "both",
+    "but",
+    "by",
+    "can",
+    "did",
+    "do",
+    "does",
+    "doing",
+    "don",
+    "down",
+    "during",
+    "each",
+    "few",
+    "for",
+    "from",
+    "further",
+    "had",
+    "has",
+    "have",
+    "having",
+    "he",
+    "her",
+    "here",
+    "hers",
+    "herself",
+    "him",
+    "himself",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "itself",
+    "just",
+    "me",
+    "more",
+    "most",
+    "my",
+    "myself",
+    "no",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "on",
+    "once",
+    "only",
+    "or",
+    "other",
+    "our",
+    "ours",
+    "ourselves",
+    "out",
+    "over",
+    "own",
+    "s",
+    "same",
+    "she",
+    "should",
+    "so",
+    "some",
+    "such",
+    "t",
+    "than",
+    "that",
+    "the",
+    "their",
+    "theirs",
+    "them",
+    "themselves",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "through",
+    "to",
+    "too",
+    "under",
+    "until",
+    "up",
+    "very",
+    "was",
+    "we",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "you",
+    "your",
+    "yours",
+    "yourself",
     "yourselves",
 ];
 
@@ -48,7 +166,9 @@ pub struct GroundednessParams {
 
 impl Default for GroundednessParams {
     fn default() -> Self {
-        GroundednessParams { sentence_threshold: 0.5 }
+        GroundednessParams {
+            sentence_threshold: 0.5,
+        }
     }
 }
 
@@ -87,10 +207,18 @@ pub fn strip_citations(answer: &str) -> String {
 }
 
 /// Lexical support of `answer` by `contexts`.
-pub fn groundedness<S: AsRef<str>>(answer: &str, contexts: &[S], params: GroundednessParams) -> Groundedness {
+pub fn groundedness<S: AsRef<str>>(
+    answer: &str,
+    contexts: &[S],
+    params: GroundednessParams,
+) -> Groundedness {
     let answer = strip_citations(answer);
     let context_tokens: Vec<Vec<String>> = contexts.iter().map(|c| stemmed(c.as_ref())).collect();
-    let vocabulary: HashSet<&str> = context_tokens.iter().flatten().map(String::as_str).collect();
+    let vocabulary: HashSet<&str> = context_tokens
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
     let bigrams: HashSet<(&str, &str)> = context_tokens
         .iter()
         .flat_map(|t| t.windows(2).map(|w| (w[0].as_str(), w[1].as_str())))
@@ -104,7 +232,10 @@ pub fn groundedness<S: AsRef<str>>(answer: &str, contexts: &[S], params: Grounde
     for sentence in split_sentences(&answer) {
         let tokens = stemmed(sentence);
         let content_tokens: Vec<&String> = tokens.iter().filter(|t| !is_stopword(t)).collect();
-        let supported = content_tokens.iter().filter(|t| vocabulary.contains(t.as_str())).count();
+        let supported = content_tokens
+            .iter()
+            .filter(|t| vocabulary.contains(t.as_str()))
+            .count();
         content += content_tokens.len();
         content_supported += supported;
         for w in tokens.windows(2) {
@@ -118,7 +249,11 @@ pub fn groundedness<S: AsRef<str>>(answer: &str, contexts: &[S], params: Grounde
             }
         }
     }
-    let token_support = if content == 0 { 1.0 } else { content_supported as f64 / content as f64 };
+    let token_support = if content == 0 {
+        1.0
+    } else {
+        content_supported as f64 / content as f64
+    };
     Groundedness {
         token_support,
         ngram_support: if answer_bigrams == 0 {
@@ -163,11 +298,19 @@ pub fn citation_scores<S: AsRef<str>>(answer: &str, gold: &[S], retrieved: &[S])
         (true, false) => 0.0,
         _ => correct as f64 / cited.len() as f64,
     };
-    let recall = if gold.is_empty() { 1.0 } else { correct as f64 / gold.len() as f64 };
+    let recall = if gold.is_empty() {
+        1.0
+    } else {
+        correct as f64 / gold.len() as f64
+    };
     CitationScores {
         precision,
         recall,
-        cited_not_retrieved: cited.iter().filter(|c| !retrieved.contains(c.as_str())).cloned().collect(),
+        cited_not_retrieved: cited
+            .iter()
+            .filter(|c| !retrieved.contains(c.as_str()))
+            .cloned()
+            .collect(),
         cited,
     }
 }

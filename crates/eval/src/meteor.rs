@@ -36,7 +36,10 @@ type Enumerated = Vec<(usize, String)>;
 
 /// nltk's `_match_enums`: from the last hypothesis word backwards, each word takes the last
 /// still-free reference position holding the same string.
-fn match_enums(hypothesis: Enumerated, reference: Enumerated) -> (Vec<(usize, usize)>, Enumerated, Enumerated) {
+fn match_enums(
+    hypothesis: Enumerated,
+    reference: Enumerated,
+) -> (Vec<(usize, usize)>, Enumerated, Enumerated) {
     let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
     for (j, (_, word)) in reference.iter().enumerate() {
         positions.entry(word.as_str()).or_default().push(j);
@@ -80,12 +83,22 @@ fn count_chunks(matches: &[(usize, usize)]) -> usize {
 }
 
 fn single(reference: &[String], hypothesis: &[String], params: MeteorParams) -> f64 {
-    let hyp: Enumerated = hypothesis.iter().map(|w| w.to_lowercase()).enumerate().collect();
-    let refs: Enumerated = reference.iter().map(|w| w.to_lowercase()).enumerate().collect();
+    let hyp: Enumerated = hypothesis
+        .iter()
+        .map(|w| w.to_lowercase())
+        .enumerate()
+        .collect();
+    let refs: Enumerated = reference
+        .iter()
+        .map(|w| w.to_lowercase())
+        .enumerate()
+        .collect();
     let (hyp_len, ref_len) = (hyp.len(), refs.len());
     let (mut matches, hyp_rest, ref_rest) = match_enums(hyp, refs);
     let stem = |list: Enumerated| -> Enumerated {
-        list.into_iter().map(|(i, w)| (i, porter::stem(&w))).collect()
+        list.into_iter()
+            .map(|(i, w)| (i, porter::stem(&w)))
+            .collect()
     };
     let (stem_matches, _, _) = match_enums(stem(hyp_rest), stem(ref_rest));
     matches.extend(stem_matches);
@@ -104,7 +117,11 @@ fn single(reference: &[String], hypothesis: &[String], params: MeteorParams) -> 
 
 /// METEOR of pre-tokenized `hypothesis` against pre-tokenized references (max over references;
 /// 0 when there are none).
-pub fn meteor_tokens(references: &[Vec<String>], hypothesis: &[String], params: MeteorParams) -> f64 {
+pub fn meteor_tokens(
+    references: &[Vec<String>],
+    hypothesis: &[String],
+    params: MeteorParams,
+) -> f64 {
     references
         .iter()
         .map(|r| single(r, hypothesis, params))
@@ -113,7 +130,12 @@ pub fn meteor_tokens(references: &[Vec<String>], hypothesis: &[String], params: 
 
 /// METEOR on whitespace-tokenized text with nltk's default parameters.
 pub fn meteor<S: AsRef<str>>(hypothesis: &str, references: &[S]) -> f64 {
-    let tokens = |s: &str| -> Vec<String> { split_whitespace(s).into_iter().map(str::to_string).collect() };
+    let tokens = |s: &str| -> Vec<String> {
+        split_whitespace(s)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    };
     let refs: Vec<Vec<String>> = references.iter().map(|r| tokens(r.as_ref())).collect();
     meteor_tokens(&refs, &tokens(hypothesis), MeteorParams::default())
 }

@@ -194,7 +194,9 @@ fn step1b(word: Word) -> Word {
     let Some(intermediate) = intermediate else {
         return word;
     };
-    let last = *intermediate.last().expect("a stem with a vowel is not empty");
+    let last = *intermediate
+        .last()
+        .expect("a stem with a vowel is not empty");
     let last_string = last.to_string();
     apply_rule_list(
         intermediate,
@@ -210,7 +212,9 @@ fn step1b(word: Word) -> Word {
             rule(
                 "",
                 "e",
-                Some(Box::new(|stem: &[char]| measure(stem) == 1 && ends_cvc(stem))),
+                Some(Box::new(|stem: &[char]| {
+                    measure(stem) == 1 && ends_cvc(stem)
+                })),
             ),
         ],
     )

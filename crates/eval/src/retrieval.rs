@@ -64,7 +64,9 @@ impl Measure {
         let (family, k) = lower.split_once('@').ok_or_else(bad)?;
         let k: usize = k.parse().map_err(|_| bad())?;
         if k == 0 {
-            return Err(EvalError::Invalid(format!("measure `{name}`: the cutoff must be at least 1")));
+            return Err(EvalError::Invalid(format!(
+                "measure `{name}`: the cutoff must be at least 1"
+            )));
         }
         Ok(match family {
             "recall" | "r" => Measure::Recall(k),
@@ -95,7 +97,13 @@ impl fmt::Display for Measure {
 /// Recall, P, MRR, nDCG and Hit at each cutoff, then MAP: the usual report.
 pub fn standard_measures(cutoffs: &[usize]) -> Vec<Measure> {
     let mut measures = Vec::new();
-    for make in [Measure::Recall, Measure::Precision, Measure::Mrr, Measure::Ndcg, Measure::Hit] {
+    for make in [
+        Measure::Recall,
+        Measure::Precision,
+        Measure::Mrr,
+        Measure::Ndcg,
+        Measure::Hit,
+    ] {
         measures.extend(cutoffs.iter().map(|&k| make(k)));
     }
     measures.push(Measure::Map);
@@ -191,7 +199,9 @@ pub fn evaluate(run: &Run, qrels: &Qrels, measures: &[Measure]) -> Result<Retrie
         return Err(EvalError::Invalid("no retrieval measures requested".into()));
     }
     if let Some(m) = measures.iter().find(|m| m.cutoff() == Some(0)) {
-        return Err(EvalError::Invalid(format!("{m}: the cutoff must be at least 1")));
+        return Err(EvalError::Invalid(format!(
+            "{m}: the cutoff must be at least 1"
+        )));
     }
     let names: Vec<String> = measures.iter().map(ToString::to_string).collect();
     let mut report = RetrievalReport {
@@ -205,7 +215,9 @@ pub fn evaluate(run: &Run, qrels: &Qrels, measures: &[Measure]) -> Result<Retrie
             continue;
         };
         if let Some((doc, _)) = docs.iter().find(|(_, s)| s.is_nan()) {
-            return Err(EvalError::Invalid(format!("query {query}, doc {doc}: the score is NaN")));
+            return Err(EvalError::Invalid(format!(
+                "query {query}, doc {doc}: the score is NaN"
+            )));
         }
         if !judgments.values().any(|&r| r >= 1) {
             report.queries_without_relevant.push(query.clone());
@@ -220,6 +232,9 @@ pub fn evaluate(run: &Run, qrels: &Qrels, measures: &[Measure]) -> Result<Retrie
         report.num_queries += 1;
     }
     let n = report.num_queries.max(1) as f64;
-    report.mean = names.into_iter().zip(sums.into_iter().map(|s| s / n)).collect();
+    report.mean = names
+        .into_iter()
+        .zip(sums.into_iter().map(|s| s / n))
+        .collect();
     Ok(report)
 }

@@ -67,7 +67,11 @@ pub fn tokenize(text: &str, use_stemmer: bool) -> Vec<String> {
             }
         })
         // A stem is always [a-z0-9]; the filter mirrors rouge-score's VALID_TOKEN_RE all the same.
-        .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        .filter(|t| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
         .collect()
 }
 
@@ -142,7 +146,10 @@ pub fn rouge_l(target: &[String], prediction: &[String]) -> RougeScore {
 }
 
 /// ROUGE-Lsum (summary-level union LCS) between lists of tokenized sentences.
-pub fn rouge_lsum(target_sentences: &[Vec<String>], prediction_sentences: &[Vec<String>]) -> RougeScore {
+pub fn rouge_lsum(
+    target_sentences: &[Vec<String>],
+    prediction_sentences: &[Vec<String>],
+) -> RougeScore {
     let m: usize = target_sentences.iter().map(Vec::len).sum();
     let n: usize = prediction_sentences.iter().map(Vec::len).sum();
     if m == 0 || n == 0 {
@@ -200,7 +207,11 @@ pub fn rouge(prediction: &str, target: &str, use_stemmer: bool) -> RougeScores {
 
 /// Each ROUGE type against the reference that maximizes its F (first one on a tie). With no
 /// references at all every score is 0.
-pub fn rouge_multi<S: AsRef<str>>(prediction: &str, targets: &[S], use_stemmer: bool) -> RougeScores {
+pub fn rouge_multi<S: AsRef<str>>(
+    prediction: &str,
+    targets: &[S],
+    use_stemmer: bool,
+) -> RougeScores {
     let all: Vec<RougeScores> = targets
         .iter()
         .map(|t| rouge(prediction, t.as_ref(), use_stemmer))

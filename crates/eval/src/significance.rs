@@ -61,7 +61,9 @@ fn differences(a: &[f64], b: &[f64]) -> Result<Vec<f64>> {
         return Err(EvalError::Empty("paired significance test".into()));
     }
     if a.iter().chain(b).any(|v| !v.is_finite()) {
-        return Err(EvalError::Invalid("paired scores must be finite numbers".into()));
+        return Err(EvalError::Invalid(
+            "paired scores must be finite numbers".into(),
+        ));
     }
     Ok(b.iter().zip(a).map(|(y, x)| y - x).collect())
 }
@@ -123,7 +125,9 @@ pub fn paired_randomization_test(
 ) -> Result<RandomizationResult> {
     let diffs = differences(a, b)?;
     if n_resamples == 0 {
-        return Err(EvalError::Invalid("randomization test needs n_resamples >= 1".into()));
+        return Err(EvalError::Invalid(
+            "randomization test needs n_resamples >= 1".into(),
+        ));
     }
     let n = diffs.len();
     let observed = mean(&diffs);
@@ -152,11 +156,14 @@ pub fn paired_randomization_test(
     };
     let adjustment = usize::from(!exact);
     let total = (null.len() + adjustment) as f64;
-    let greater = (null.iter().filter(|&&v| v >= observed - slack).count() + adjustment) as f64 / total;
+    let greater =
+        (null.iter().filter(|&&v| v >= observed - slack).count() + adjustment) as f64 / total;
     let p_value = match alternative {
         Alternative::Greater => greater,
         Alternative::TwoSided => {
-            let less = (null.iter().filter(|&&v| v <= observed + slack).count() + adjustment) as f64 / total;
+            let less = (null.iter().filter(|&&v| v <= observed + slack).count() + adjustment)
+                as f64
+                / total;
             (2.0 * greater.min(less)).min(1.0)
         }
     };

@@ -20,7 +20,10 @@ const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 /// SQuAD's `normalize_answer`.
 pub fn normalize_answer(text: &str) -> String {
     let lowered = lower(text);
-    let no_punct: String = lowered.chars().filter(|c| !PUNCTUATION.contains(*c)).collect();
+    let no_punct: String = lowered
+        .chars()
+        .filter(|c| !PUNCTUATION.contains(*c))
+        .collect();
     let no_articles = ARTICLES.replace_all(&no_punct, " ");
     split_whitespace(&no_articles).join(" ")
 }
@@ -33,7 +36,9 @@ fn tokens(text: &str) -> Vec<String> {
 }
 
 fn exact_single(prediction: &str, gold: &str) -> f64 {
-    f64::from(u8::from(normalize_answer(prediction) == normalize_answer(gold)))
+    f64::from(u8::from(
+        normalize_answer(prediction) == normalize_answer(gold),
+    ))
 }
 
 fn f1_single(prediction: &str, gold: &str) -> f64 {

@@ -9,7 +9,9 @@ pub fn is_python_whitespace(c: char) -> bool {
 
 /// Python's `str.split()` with no argument: runs of whitespace separate tokens, no empty tokens.
 pub fn split_whitespace(text: &str) -> Vec<&str> {
-    text.split(is_python_whitespace).filter(|t| !t.is_empty()).collect()
+    text.split(is_python_whitespace)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// Python's `str.lower()` (Rust's `to_lowercase` applies the same Unicode mappings, final sigma included).

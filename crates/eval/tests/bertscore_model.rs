@@ -26,12 +26,16 @@ impl TokenEncoder for LayerEncoder {
         let tokenized = self.tokenizer.tokenize(&trimmed)?;
         let refs: Vec<_> = tokenized.iter().collect();
         let batch = EncodedBatch::pad(&refs, self.tokenizer.pad_id(), Device::Cpu);
-        let hidden = tch::no_grad(|| self.model.hidden_states_t(&batch.as_input(), false)).swap_remove(NUM_LAYERS);
+        let hidden = tch::no_grad(|| self.model.hidden_states_t(&batch.as_input(), false))
+            .swap_remove(NUM_LAYERS);
         Ok(tokenized
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let rows: Tensor = hidden.get(i as i64).narrow(0, 0, t.ids.len() as i64).to_kind(Kind::Float);
+                let rows: Tensor = hidden
+                    .get(i as i64)
+                    .narrow(0, 0, t.ids.len() as i64)
+                    .to_kind(Kind::Float);
                 let vectors: Vec<Vec<f32>> = (0..t.ids.len() as i64)
                     .map(|j| Vec::<f32>::try_from(rows.get(j)).expect("f32 row"))
                     .collect();
@@ -52,7 +56,11 @@ fn bertscore_matches_bert_score_package() {
     let tokenizer = BertTokenizer::from_file(&dir.join("tokenizer.json"), 512).unwrap();
     let id = |t: &str| i64::from(tokenizer.inner().token_to_id(t).expect("special token"));
     let special = [id("[CLS]"), id("[SEP]")];
-    let mut encoder = LayerEncoder { model, tokenizer, special };
+    let mut encoder = LayerEncoder {
+        model,
+        tokenizer,
+        special,
+    };
 
     // bert-score 0.3.13 cannot encode an empty string under transformers 5 (it calls the removed
     // `build_inputs_with_special_tokens`), so empty texts stay out of this comparison; the empty
@@ -69,12 +77,22 @@ fn bertscore_matches_bert_score_package() {
     );
     for use_idf in [false, true] {
         let ours = bert_score(&mut encoder, &candidates, &references, use_idf).unwrap();
-        let theirs = reference[if use_idf { "idf" } else { "plain" }].as_array().unwrap();
+        let theirs = reference[if use_idf { "idf" } else { "plain" }]
+            .as_array()
+            .unwrap();
         assert_eq!(ours.len(), theirs.len());
         for (i, (o, t)) in ours.iter().zip(theirs).enumerate() {
-            for (name, ov, tv) in [("P", o.precision, &t[0]), ("R", o.recall, &t[1]), ("F", o.f1, &t[2])] {
+            for (name, ov, tv) in [
+                ("P", o.precision, &t[0]),
+                ("R", o.recall, &t[1]),
+                ("F", o.f1, &t[2]),
+            ] {
                 let tv = tv.as_f64().unwrap();
-                assert!((ov - tv).abs() <= 1e-5, "pair {i} idf={use_idf} {name}: ours {ov}, bert-score {tv} ({:?})", candidates[i]);
+                assert!(
+                    (ov - tv).abs() <= 1e-5,
+                    "pair {i} idf={use_idf} {name}: ours {ov}, bert-score {tv} ({:?})",
+                    candidates[i]
+                );
             }
         }
     }

@@ -3,9 +3,9 @@
 
 mod common;
 
+use ragtune_eval::classification::{classification_report, Prf};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ragtune_eval::classification::{classification_report, Prf};
 use serde_json::{json, Value};
 
 struct Case {
@@ -24,13 +24,21 @@ fn cases() -> Vec<Case> {
             .iter()
             .map(|c| {
                 if rng.gen_bool(noise) {
-                    if rng.gen_bool(0.2) { "never-true".to_string() } else { categories[rng.gen_range(0..categories.len())].clone() }
+                    if rng.gen_bool(0.2) {
+                        "never-true".to_string()
+                    } else {
+                        categories[rng.gen_range(0..categories.len())].clone()
+                    }
                 } else {
                     c.clone()
                 }
             })
             .collect();
-        out.push(Case { y_true: categories.clone(), y_pred, zero_division });
+        out.push(Case {
+            y_true: categories.clone(),
+            y_pred,
+            zero_division,
+        });
     }
     for i in 0..60 {
         let n = rng.gen_range(1..15);
@@ -38,15 +46,26 @@ fn cases() -> Vec<Case> {
         let pick = |rng: &mut StdRng| labels[rng.gen_range(0..labels.len())].to_string();
         let y_true: Vec<String> = (0..n).map(|_| pick(&mut rng)).collect();
         let y_pred: Vec<String> = (0..n).map(|_| pick(&mut rng)).collect();
-        out.push(Case { y_true, y_pred, zero_division: if i % 2 == 0 { 0.0 } else { 1.0 } });
+        out.push(Case {
+            y_true,
+            y_pred,
+            zero_division: if i % 2 == 0 { 0.0 } else { 1.0 },
+        });
     }
     out
 }
 
 fn close_prf(label: &str, ours: &Prf, theirs: &Value) {
-    for (name, o, t) in [("P", ours.precision, &theirs[0]), ("R", ours.recall, &theirs[1]), ("F1", ours.f1, &theirs[2])] {
+    for (name, o, t) in [
+        ("P", ours.precision, &theirs[0]),
+        ("R", ours.recall, &theirs[1]),
+        ("F1", ours.f1, &theirs[2]),
+    ] {
         let t = t.as_f64().unwrap();
-        assert!((o - t).abs() <= 1e-9, "{label} {name}: ours {o}, sklearn {t}");
+        assert!(
+            (o - t).abs() <= 1e-9,
+            "{label} {name}: ours {o}, sklearn {t}"
+        );
     }
 }
 
@@ -61,15 +80,30 @@ fn classification_matches_sklearn() {
         let ours = classification_report(&case.y_true, &case.y_pred, case.zero_division).unwrap();
         let label = format!("case {i} (zero_division {})", case.zero_division);
         assert_eq!(json!(ours.labels), theirs["labels"], "{label} labels");
-        assert_eq!(json!(ours.confusion), theirs["confusion"], "{label} confusion");
+        assert_eq!(
+            json!(ours.confusion),
+            theirs["confusion"],
+            "{label} confusion"
+        );
         assert_eq!(json!(ours.support), theirs["support"], "{label} support");
-        assert!((ours.accuracy - theirs["accuracy"].as_f64().unwrap()).abs() <= 1e-12, "{label} accuracy");
+        assert!(
+            (ours.accuracy - theirs["accuracy"].as_f64().unwrap()).abs() <= 1e-12,
+            "{label} accuracy"
+        );
         for (j, prf) in ours.per_label.iter().enumerate() {
-            close_prf(&format!("{label} label {}", ours.labels[j]), prf, &theirs["per_label"][j]);
+            close_prf(
+                &format!("{label} label {}", ours.labels[j]),
+                prf,
+                &theirs["per_label"][j],
+            );
         }
         close_prf(&format!("{label} micro"), &ours.micro, &theirs["micro"]);
         close_prf(&format!("{label} macro"), &ours.macro_avg, &theirs["macro"]);
-        close_prf(&format!("{label} weighted"), &ours.weighted, &theirs["weighted"]);
+        close_prf(
+            &format!("{label} weighted"),
+            &ours.weighted,
+            &theirs["weighted"],
+        );
     }
 }
 

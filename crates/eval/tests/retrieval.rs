@@ -3,9 +3,9 @@
 
 mod common;
 
+use ragtune_eval::retrieval::{self, Measure, Qrels, Run};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ragtune_eval::retrieval::{self, Measure, Qrels, Run};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,12 +21,25 @@ fn generated(seed: u64) -> (Run, Qrels) {
             .map(|_| (format!("d{}", rng.gen_range(0..40)), rng.gen_range(0..4)))
             .collect();
         // Every 10th query has judgments but nothing relevant; every 15th is missing from the run.
-        let judged = if q % 10 == 3 { judged.into_keys().map(|d| (d, 0)).collect() } else { judged };
+        let judged = if q % 10 == 3 {
+            judged.into_keys().map(|d| (d, 0)).collect()
+        } else {
+            judged
+        };
         if q % 15 != 7 {
-            let length = if q % 4 == 0 { rng.gen_range(0..6) } else { rng.gen_range(5..60) };
+            let length = if q % 4 == 0 {
+                rng.gen_range(0..6)
+            } else {
+                rng.gen_range(5..60)
+            };
             // Scores on a coarse grid, so ties are common and the doc id order decides.
             let docs = (0..length)
-                .map(|_| (format!("d{}", rng.gen_range(0..40)), f64::from(rng.gen_range(0..8)) * 0.25 - 0.5))
+                .map(|_| {
+                    (
+                        format!("d{}", rng.gen_range(0..40)),
+                        f64::from(rng.gen_range(0..8)) * 0.25 - 0.5,
+                    )
+                })
                 .collect();
             run.insert(qid.clone(), docs);
         }
@@ -42,7 +55,11 @@ fn generated(seed: u64) -> (Run, Qrels) {
 fn faq_run() -> (Run, Qrels) {
     let rows = common::faq();
     let words = |s: &str| -> BTreeSet<String> {
-        s.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 3).map(str::to_string).collect()
+        s.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() > 3)
+            .map(str::to_string)
+            .collect()
     };
     let answers: Vec<BTreeSet<String>> = rows.iter().map(|r| words(&r.answer)).collect();
     let mut run = Run::new();
@@ -73,24 +90,40 @@ fn check(run: &Run, qrels: &Qrels) {
         .chain(CUTOFFS.iter().map(|&k| Measure::MapAt(k)))
         .collect::<Vec<_>>();
     let ours = retrieval::evaluate(run, qrels, &measures).unwrap();
-    let theirs = ragtune_testkit::reference("eval_retrieval.py", &json!({"qrels": qrels, "run": run, "cutoffs": CUTOFFS}));
+    let theirs = ragtune_testkit::reference(
+        "eval_retrieval.py",
+        &json!({"qrels": qrels, "run": run, "cutoffs": CUTOFFS}),
+    );
     let theirs = theirs.as_object().unwrap();
     let our_queries: Vec<&String> = ours.per_query.keys().collect();
     let their_queries: Vec<&String> = theirs.keys().collect();
-    assert_eq!(our_queries.len(), their_queries.len(), "scored query sets differ");
+    assert_eq!(
+        our_queries.len(),
+        their_queries.len(),
+        "scored query sets differ"
+    );
     assert!(our_queries.len() >= 100);
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     for (query, values) in &ours.per_query {
         let reference = &theirs[query.as_str()];
         for (name, ours) in values {
-            let t = reference[name].as_f64().unwrap_or_else(|| panic!("{query} {name} missing from the reference"));
-            assert!((ours - t).abs() <= 1e-6, "{query} {name}: ours {ours}, pytrec_eval {t}");
+            let t = reference[name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{query} {name} missing from the reference"));
+            assert!(
+                (ours - t).abs() <= 1e-6,
+                "{query} {name}: ours {ours}, pytrec_eval {t}"
+            );
             *sums.entry(name.clone()).or_default() += t;
         }
     }
     for (name, sum) in sums {
         let mean = sum / theirs.len() as f64;
-        assert!((ours.mean[&name] - mean).abs() <= 1e-6, "mean {name}: ours {}, pytrec_eval {mean}", ours.mean[&name]);
+        assert!(
+            (ours.mean[&name] - mean).abs() <= 1e-6,
+            "mean {name}: ours {}, pytrec_eval {mean}",
+            ours.mean[&name]
+        );
     }
 }
 

@@ -31,9 +31,22 @@ pub fn faq() -> Vec<FaqRow> {
 }
 
 const FOREIGN: &[&str] = &[
-    "café", "naïve", "Zürich", "日本語の文", "ΟΔΟΣ", "Ελληνικά", "façade", "§ 9", "m²", "→", "İstanbul", "straße",
+    "café",
+    "naïve",
+    "Zürich",
+    "日本語の文",
+    "ΟΔΟΣ",
+    "Ελληνικά",
+    "façade",
+    "§ 9",
+    "m²",
+    "→",
+    "İstanbul",
+    "straße",
 ];
-const PUNCT: &[&str] = &[",", ".", "!", "?", "...", "-", "—", "&amp;", "&quot;", "(", ")", "3.5", "1,000", "10-20", "'s"];
+const PUNCT: &[&str] = &[
+    ",", ".", "!", "?", "...", "-", "—", "&amp;", "&quot;", "(", ")", "3.5", "1,000", "10-20", "'s",
+];
 
 /// One prediction with its references.
 pub struct TextCase {
@@ -46,7 +59,11 @@ fn perturb(text: &str, other: &str, kind: usize, rng: &mut StdRng) -> String {
     let others: Vec<&str> = other.split_whitespace().collect();
     match kind {
         0 => text.to_string(),
-        1 => words.into_iter().filter(|_| rng.gen_bool(0.75)).collect::<Vec<_>>().join(" "),
+        1 => words
+            .into_iter()
+            .filter(|_| rng.gen_bool(0.75))
+            .collect::<Vec<_>>()
+            .join(" "),
         2 => {
             for i in (1..words.len()).step_by(3) {
                 words.swap(i - 1, i);
@@ -55,12 +72,24 @@ fn perturb(text: &str, other: &str, kind: usize, rng: &mut StdRng) -> String {
         }
         3 => words
             .into_iter()
-            .map(|w| if rng.gen_bool(0.3) && !others.is_empty() { others[rng.gen_range(0..others.len())].to_string() } else { w })
+            .map(|w| {
+                if rng.gen_bool(0.3) && !others.is_empty() {
+                    others[rng.gen_range(0..others.len())].to_string()
+                } else {
+                    w
+                }
+            })
             .collect::<Vec<_>>()
             .join(" "),
         4 => words
             .into_iter()
-            .map(|w| if rng.gen_bool(0.3) { w.to_uppercase() } else { w.to_lowercase() })
+            .map(|w| {
+                if rng.gen_bool(0.3) {
+                    w.to_uppercase()
+                } else {
+                    w.to_lowercase()
+                }
+            })
             .collect::<Vec<_>>()
             .join(" "),
         5 => words[..words.len() / 2].join(" "),
@@ -120,7 +149,12 @@ pub fn text_cases(n: usize, seed: u64) -> Vec<TextCase> {
             let prediction = perturb(&row.answer, other, i % KINDS, &mut rng);
             let mut references = vec![row.answer.clone()];
             match i % 5 {
-                1 => references.push(perturb(&row.answer, other, rng.gen_range(1..KINDS), &mut rng)),
+                1 => references.push(perturb(
+                    &row.answer,
+                    other,
+                    rng.gen_range(1..KINDS),
+                    &mut rng,
+                )),
                 2 => {
                     references.push(other.clone());
                     references.push(perturb(&row.question, other, 10, &mut rng));
@@ -132,7 +166,10 @@ pub fn text_cases(n: usize, seed: u64) -> Vec<TextCase> {
             if i % 17 == 4 {
                 references = vec![perturb(&row.answer, other, 10, &mut rng)];
             }
-            TextCase { prediction, references }
+            TextCase {
+                prediction,
+                references,
+            }
         })
         .collect()
 }
