@@ -21,6 +21,15 @@ pub enum RetrieverError {
 
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+
+    #[error(transparent)]
+    Data(#[from] ragtune_data::DataError),
+
+    #[error(transparent)]
+    Eval(#[from] ragtune_eval::EvalError),
+
+    #[error(transparent)]
+    Trainer(#[from] ragtune_trainer::TrainerError),
 }
 
 pub type Result<T, E = RetrieverError> = std::result::Result<T, E>;

@@ -75,17 +75,17 @@ pub fn backward(
             continue;
         }
         let mut offset = 0;
-        for c in 0..side.chunks {
-            let rows = cached[s][c].size()[0];
+        for (c, cached_chunk) in cached[s].iter().enumerate() {
+            let rows = cached_chunk.size()[0];
             let chunk_grad = grad.narrow(0, offset, rows);
             offset += rows;
             tch::manual_seed(chunk_seed(s, c));
             let reps = (side.encode)(c)?;
-            if reps.size() != cached[s][c].size() {
+            if reps.size() != cached_chunk.size() {
                 return Err(RetrieverError::Invalid(format!(
                     "GradCache: side {s} chunk {c} encoded to {:?} with a graph but {:?} without",
                     reps.size(),
-                    cached[s][c].size()
+                    cached_chunk.size()
                 )));
             }
             // d/dθ of sum(reps * g) is exactly g backpropagated through this chunk's graph.

@@ -1,7 +1,18 @@
 //! Dense retriever fine-tuning: DPR, Contriever and ColBERT with contrastive losses, HNSW hard-negative mining and distillation.
+//!
+//! - [`losses`]: InfoNCE (plain and symmetric), Margin-MSE and KL distillation on score matrices.
+//! - [`gradcache`]: large contrastive batches in bounded memory.
+//! - [`index`]: exact and HNSW search; [`mining`]: hard negatives with false-negative filters.
+//! - [`model`]: DPR / Contriever / sentence-transformers bi-encoders; [`export`]: sentence-transformers folders.
 
 pub mod error;
+pub mod evaluate;
+pub mod export;
 pub mod gradcache;
+pub mod index;
 pub mod losses;
+pub mod mining;
+pub mod model;
+pub mod train;
 
 pub use error::{Result, RetrieverError};

@@ -1,0 +1,204 @@
+//! `ragtune retriever mine|train|eval|export --config configs/retriever-faq.toml`: dense retriever
+//! fine-tuning driven by one TOML file; flags override the file.
+
+use anyhow::{Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use ragtune_retriever_train::evaluate::{encode_corpus, evaluate_queries, measures};
+use ragtune_retriever_train::index::SearchKind;
+use ragtune_retriever_train::mining;
+use ragtune_retriever_train::model::BiEncoder;
+use ragtune_retriever_train::train::{self, RetrieverConfig};
+use std::path::PathBuf;
+use tch::{Device, Kind};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings every subcommand shares.
+#[derive(ClapArgs)]
+struct Common {
+    /// The run's TOML configuration (configs/retriever-faq.toml, say).
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides `model.base`: the model folder to load.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Overrides `trainer.run_name`.
+    #[arg(long)]
+    run_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mine hard negatives for the training split and write a triplets Parquet file.
+    Mine {
+        #[command(flatten)]
+        common: Common,
+        /// Where to write the triplets.
+        #[arg(long)]
+        out: PathBuf,
+        /// Exact search instead of HNSW.
+        #[arg(long)]
+        exact: bool,
+    },
+    /// Evaluate zero-shot, train, evaluate again; writes runs/<name>/report.md and report.json.
+    Train {
+        #[command(flatten)]
+        common: Common,
+        /// Overrides `trainer.epochs`.
+        #[arg(long)]
+        epochs: Option<f64>,
+        /// Overrides `trainer.batch_size`.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Overrides `negatives.hard` (add mined hard negatives).
+        #[arg(long)]
+        hard_negatives: Option<bool>,
+        /// Start afresh even when the run folder holds a checkpoint.
+        #[arg(long)]
+        no_resume: bool,
+    },
+    /// Full-corpus retrieval metrics of a model on a split (exact search, and HNSW with --hnsw).
+    Eval {
+        #[command(flatten)]
+        common: Common,
+        /// train, val or test.
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long)]
+        hnsw: bool,
+    },
+    /// Write a sentence-transformers folder of a model (a trained run's `model/` or a base).
+    Export {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn load_config(common: &Common) -> Result<RetrieverConfig> {
+    let mut config = RetrieverConfig::from_file(&common.config)?;
+    if let Some(model) = &common.model {
+        config.model.base = model.clone();
+    }
+    if let Some(name) = &common.run_name {
+        config.trainer.run_name = name.clone();
+    }
+    Ok(config)
+}
+
+pub fn run(args: Args, device: Device) -> Result<()> {
+    match args.command {
+        Command::Mine { common, out, exact } => {
+            let mut config = load_config(&common)?;
+            if exact {
+                config.negatives.mining.search = SearchKind::Exact;
+            }
+            let [train, _, _] = train::load_splits(&config.data)?;
+            let model = BiEncoder::load(&config.model, device, Kind::Float)?;
+            let (triplets, report) = tch::no_grad(|| {
+                mining::mine(
+                    &model,
+                    &train.corpus,
+                    &train.queries,
+                    &train.qrels,
+                    &config.negatives.mining,
+                    &config.model.base.display().to_string(),
+                )
+            })?;
+            ragtune_data::write_table(&out, &triplets)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!("wrote {} triplets to {}", triplets.len(), out.display());
+            Ok(())
+        }
+        Command::Train {
+            common,
+            epochs,
+            batch_size,
+            hard_negatives,
+            no_resume,
+        } => {
+            let mut config = load_config(&common)?;
+            if let Some(epochs) = epochs {
+                config.trainer.epochs = epochs;
+            }
+            if let Some(batch_size) = batch_size {
+                config.trainer.batch_size = batch_size;
+            }
+            if let Some(hard) = hard_negatives {
+                config.negatives.hard = hard;
+            }
+            if no_resume {
+                config.trainer.resume = false;
+            }
+            let started = std::time::Instant::now();
+            let report = train::run(&config, device)?;
+            println!("{}", report.markdown);
+            println!(
+                "{} pairs, {} steps in {:.0} s; report in {}",
+                report.train_pairs,
+                report.steps,
+                started.elapsed().as_secs_f64(),
+                report.run_dir.join("report.md").display()
+            );
+            Ok(())
+        }
+        Command::Eval {
+            common,
+            split,
+            hnsw,
+        } => {
+            let config = load_config(&common)?;
+            let index = ["train", "val", "test"]
+                .iter()
+                .position(|s| *s == split)
+                .with_context(|| format!("--split {split}: expected train, val or test"))?;
+            let splits = train::load_splits(&config.data)?;
+            let data = &splits[index];
+            let model = BiEncoder::load(&config.model, device, Kind::Float)?;
+            let hnsw_config = hnsw.then_some(config.report.hnsw_config);
+            let evaluation = tch::no_grad(|| -> ragtune_retriever_train::Result<_> {
+                let corpus = encode_corpus(&model, &data.corpus, hnsw_config)?;
+                evaluate_queries(&model, &corpus, &data.queries, &data.qrels, hnsw)
+            })?;
+            println!(
+                "{} queries of {split}, {} passages",
+                evaluation.exact.num_queries,
+                data.corpus.len()
+            );
+            println!(
+                "{:<12} {:>10} {:>10}",
+                "measure",
+                "exact",
+                if hnsw { "hnsw" } else { "" }
+            );
+            for measure in measures() {
+                let name = measure.to_string();
+                let exact = evaluation.exact.mean.get(&name).copied().unwrap_or(0.0);
+                match &evaluation.hnsw {
+                    Some((report, _, _)) => println!(
+                        "{name:<12} {exact:>10.4} {:>10.4}",
+                        report.mean.get(&name).copied().unwrap_or(0.0)
+                    ),
+                    None => println!("{name:<12} {exact:>10.4}"),
+                }
+            }
+            if let Some((_, r10, r100)) = &evaluation.hnsw {
+                println!("HNSW recall vs exact: @10 {r10:.4}, @100 {r100:.4}");
+            }
+            Ok(())
+        }
+        Command::Export { common, out } => {
+            let config = load_config(&common)?;
+            let model = BiEncoder::load(&config.model, device, Kind::Float)?;
+            model.save(&out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}

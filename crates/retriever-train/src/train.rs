@@ -1,0 +1,459 @@
+//! The retriever recipe, top to bottom: load and split the data, evaluate zero-shot, (mine hard
+//! negatives,) train with InfoNCE under the shared trainer, evaluate again with exact search and
+//! HNSW, and write a before/after report with paired bootstrap confidence intervals.
+
+use crate::evaluate::{encode_corpus, evaluate_queries, measures, Evaluation};
+use crate::gradcache::{self, Side};
+use crate::index::HnswConfig;
+use crate::losses;
+use crate::mining::{self, MiningConfig, MiningReport};
+use crate::model::{BiEncoder, Embedder, ModelConfig};
+use crate::{Result, RetrieverError};
+use ragtune_data::split::{split_dataset, SplitConfig};
+use ragtune_data::{Dataset, Triplet};
+use ragtune_eval::significance::paired_bootstrap;
+use ragtune_trainer::{Metrics, Trainer, TrainerConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// The FAQ JSONL (`assets/zaragoza-faq/faq-en.jsonl`), or a dataset folder (corpus, queries, qrels).
+    pub source: PathBuf,
+    pub split_seed: u64,
+    /// Fractions of queries for train, val and test.
+    pub fractions: [f64; 3],
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: PathBuf::from("assets/zaragoza-faq/faq-en.jsonl"),
+            split_seed: 42,
+            fractions: [0.8, 0.1, 0.1],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    InfoNce,
+    SymmetricInfoNce,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    pub kind: LossKind,
+    pub temperature: f64,
+    /// Rows per GradCache chunk; 0 runs the plain full-batch backward.
+    pub gradcache_chunk: usize,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            kind: LossKind::InfoNce,
+            temperature: losses::DEFAULT_TEMPERATURE,
+            gradcache_chunk: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NegativesConfig {
+    /// Add mined hard negatives to the in-batch ones.
+    pub hard: bool,
+    /// ANCE-style: mine again with the current model every this many optimizer steps.
+    pub remine_every_steps: Option<u64>,
+    pub mining: MiningConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Also search with HNSW on the test set, and report its recall against exact search.
+    pub hnsw: bool,
+    pub hnsw_config: HnswConfig,
+    pub bootstrap_resamples: usize,
+    pub confidence: f64,
+    pub bootstrap_seed: u64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self {
+            hnsw: true,
+            hnsw_config: HnswConfig::default(),
+            bootstrap_resamples: 2000,
+            confidence: 0.95,
+            bootstrap_seed: 0,
+        }
+    }
+}
+
+/// A whole run, as `configs/retriever-*.toml` spells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrieverConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    pub negatives: NegativesConfig,
+    pub report: ReportConfig,
+    pub trainer: TrainerConfig,
+}
+
+impl RetrieverConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| RetrieverError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| RetrieverError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The three splits of the configured data.
+pub fn load_splits(config: &DataConfig) -> Result<[Dataset; 3]> {
+    let dataset = if config.source.is_dir() {
+        Dataset::read(&config.source)?
+    } else {
+        ragtune_data::import::import_faq(&config.source)?.0
+    };
+    let split = SplitConfig {
+        seed: config.split_seed,
+        fractions: config.fractions,
+        stratify: false,
+    };
+    Ok(split_dataset(&dataset, &split)?.0)
+}
+
+/// Training pairs straight from the qrels (no mined negatives).
+pub fn pairs_from_qrels(split: &Dataset) -> Result<Vec<Triplet>> {
+    let docs: HashMap<&str, &ragtune_data::Doc> = split
+        .corpus
+        .iter()
+        .map(|d| (d.doc_id.as_str(), d))
+        .collect();
+    let queries: HashMap<&str, &str> = split
+        .queries
+        .iter()
+        .map(|q| (q.query_id.as_str(), q.text.as_str()))
+        .collect();
+    split
+        .qrels
+        .iter()
+        .filter(|q| q.relevance > 0)
+        .enumerate()
+        .map(|(row, qrel)| {
+            let doc = docs.get(qrel.doc_id.as_str()).ok_or_else(|| {
+                RetrieverError::Invalid(format!(
+                    "qrels row {row}: doc `{}` is not in the corpus",
+                    qrel.doc_id
+                ))
+            })?;
+            let query = queries.get(qrel.query_id.as_str()).ok_or_else(|| {
+                RetrieverError::Invalid(format!(
+                    "qrels row {row}: query `{}` is not among the queries",
+                    qrel.query_id
+                ))
+            })?;
+            Ok(Triplet {
+                query_id: qrel.query_id.clone(),
+                query: query.to_string(),
+                positive_id: qrel.doc_id.clone(),
+                positive_text: mining::passage_text(doc),
+                negatives: Vec::new(),
+                provenance: Default::default(),
+            })
+        })
+        .collect()
+}
+
+/// InfoNCE of one batch of triplets: each query against every positive and every hard negative of
+/// the batch. A column that is a known positive of the row's query (a duplicate question, or a
+/// negative that another pair calls positive) is masked out rather than pushed away.
+pub fn batch_loss(
+    model: &BiEncoder,
+    batch: &[&Triplet],
+    config: &LossConfig,
+    step: u64,
+    train: bool,
+) -> Result<Tensor> {
+    let queries: Vec<&str> = batch.iter().map(|t| t.query.as_str()).collect();
+    let mut passage_ids: Vec<&str> = batch.iter().map(|t| t.positive_id.as_str()).collect();
+    let mut passages: Vec<&str> = batch.iter().map(|t| t.positive_text.as_str()).collect();
+    for t in batch {
+        for n in &t.negatives {
+            passage_ids.push(&n.doc_id);
+            passages.push(&n.text);
+        }
+    }
+    let mut positives_of: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for t in batch {
+        positives_of
+            .entry(&t.query_id)
+            .or_default()
+            .insert(&t.positive_id);
+    }
+    let mut mask = vec![false; batch.len() * passages.len()];
+    for (i, t) in batch.iter().enumerate() {
+        for (j, id) in passage_ids.iter().enumerate() {
+            mask[i * passages.len() + j] = j != i && positives_of[t.query_id.as_str()].contains(id);
+        }
+    }
+    let mask = Tensor::from_slice(&mask)
+        .view([batch.len() as i64, passages.len() as i64])
+        .to_device(model.device());
+    let similarity = model.similarity();
+    let loss_of = |reps: &[Tensor]| -> Result<Tensor> {
+        let scores = similarity
+            .matrix(&reps[0], &reps[1])
+            .masked_fill(&mask, -1e4);
+        match config.kind {
+            LossKind::InfoNce => losses::info_nce(&scores, config.temperature),
+            LossKind::SymmetricInfoNce => losses::symmetric_info_nce(&scores, config.temperature),
+        }
+    };
+    if config.gradcache_chunk == 0 || !train {
+        return loss_of(&[
+            model.forward_queries(&queries, train)?,
+            model.forward_passages(&passages, train)?,
+        ]);
+    }
+    let q_ranges = gradcache::chunk_ranges(queries.len(), config.gradcache_chunk);
+    let p_ranges = gradcache::chunk_ranges(passages.len(), config.gradcache_chunk);
+    let sides = [
+        Side::new(q_ranges.len(), |c| {
+            model.forward_queries(&queries[q_ranges[c].clone()], true)
+        }),
+        Side::new(p_ranges.len(), |c| {
+            model.forward_passages(&passages[p_ranges[c].clone()], true)
+        }),
+    ];
+    let value = gradcache::backward(&sides, step as i64, loss_of)?;
+    // The gradients are in place; hand the trainer a graph-free leaf carrying the loss value, whose
+    // own backward adds nothing to the model.
+    Ok(Tensor::from(value as f32).set_requires_grad(true))
+}
+
+/// The run's outcome, also written as `report.json` and `report.md` in the run folder.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub train_pairs: usize,
+    pub mining: Option<MiningReport>,
+    pub report: serde_json::Value,
+    pub markdown: String,
+}
+
+/// Trains and evaluates as `config` says, on `device`; writes the run folder and returns the report.
+pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
+    // 1. Data: the seeded, leak-free split.
+    let [train, val, test] = load_splits(&config.data)?;
+    let run_dir = config.trainer.run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(|e| RetrieverError::io(&run_dir, e))?;
+
+    // 2. The base model, evaluated zero-shot.
+    let model = BiEncoder::load(&config.model, device, Kind::Float)?;
+    let hnsw = config.report.hnsw.then_some(config.report.hnsw_config);
+    let eval_split =
+        |model: &BiEncoder, split: &Dataset, hnsw: Option<HnswConfig>| -> Result<Evaluation> {
+            let corpus = encode_corpus(model, &split.corpus, hnsw)?;
+            evaluate_queries(model, &corpus, &split.queries, &split.qrels, hnsw.is_some())
+        };
+    let before = tch::no_grad(|| eval_split(&model, &test, hnsw))?;
+    let before_val = tch::no_grad(|| eval_split(&model, &val, None))?;
+
+    // 3. Training pairs, with mined hard negatives when asked for.
+    let mut mining_report = None;
+    let mut triplets = if config.negatives.hard {
+        let (triplets, report) = tch::no_grad(|| {
+            mining::mine(
+                &model,
+                &train.corpus,
+                &train.queries,
+                &train.qrels,
+                &config.negatives.mining,
+                &model_name(config),
+            )
+        })?;
+        ragtune_data::write_table(&run_dir.join("triplets.parquet"), &triplets)?;
+        mining_report = Some(report);
+        triplets
+    } else {
+        pairs_from_qrels(&train)?
+    };
+
+    // 4. Training under the shared trainer: checkpoints, resume, metrics.jsonl, early stopping on val nDCG@10.
+    let mut trainer = Trainer::new(config.trainer.clone(), model.var_store(), triplets.len())?;
+    while !trainer.finished() {
+        if let (Some(every), true) = (config.negatives.remine_every_steps, config.negatives.hard) {
+            if trainer.step() > 0 && trainer.step() % every == 0 {
+                let (fresh, report) = tch::no_grad(|| {
+                    mining::mine(
+                        &model,
+                        &train.corpus,
+                        &train.queries,
+                        &train.qrels,
+                        &config.negatives.mining,
+                        &model_name(config),
+                    )
+                })?;
+                trainer.println(format!(
+                    "step {}: re-mined {} negatives ({} likely false negatives dropped)",
+                    trainer.step(),
+                    report.negatives,
+                    report.dropped_likely_false_negatives
+                ));
+                triplets = fresh;
+                mining_report = Some(report);
+            }
+        }
+        trainer.train_step(
+            |batch| {
+                let rows: Vec<&Triplet> = batch.indices.iter().map(|&i| &triplets[i]).collect();
+                batch_loss(&model, &rows, &config.loss, batch.step, true)
+            },
+            || -> Result<Metrics> {
+                let evaluation = eval_split(&model, &val, None)?;
+                Ok(evaluation.exact.mean.clone().into_iter().collect())
+            },
+        )?;
+    }
+    let summary = trainer.finish()?;
+    if let Some(best) = &summary.best_checkpoint {
+        ragtune_trainer::load_checkpoint_weights(model.var_store(), best)?;
+    }
+
+    // 5. Final evaluation and the before/after report.
+    let after = tch::no_grad(|| eval_split(&model, &test, hnsw))?;
+    let after_val = tch::no_grad(|| eval_split(&model, &val, None))?;
+    model.save(&run_dir.join("model"))?;
+    let (report, markdown) =
+        build_report(config, &before, &after, &before_val, &after_val, &summary)?;
+    let json_text = serde_json::to_string_pretty(&report).expect("report serializes");
+    ragtune_models::checkpoint::atomic_write(&run_dir.join("report.json"), json_text.as_bytes())?;
+    ragtune_models::checkpoint::atomic_write(&run_dir.join("report.md"), markdown.as_bytes())?;
+    Ok(RunReport {
+        run_dir,
+        steps: summary.steps,
+        train_pairs: triplets.len(),
+        mining: mining_report,
+        report,
+        markdown,
+    })
+}
+
+fn model_name(config: &RetrieverConfig) -> String {
+    config.model.base.display().to_string()
+}
+
+/// Per-measure means before and after with a paired bootstrap CI of the difference (test set).
+fn build_report(
+    config: &RetrieverConfig,
+    before: &Evaluation,
+    after: &Evaluation,
+    before_val: &Evaluation,
+    after_val: &Evaluation,
+    summary: &ragtune_trainer::RunSummary,
+) -> Result<(serde_json::Value, String)> {
+    let r = &config.report;
+    let mut rows = Vec::new();
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# Retriever run `{}`\n\nBase `{}`, {} test queries, {} optimizer steps{}.\n\n",
+        config.trainer.run_name,
+        config.model.base.display(),
+        after.exact.num_queries,
+        summary.steps,
+        if summary.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        }
+    ));
+    md.push_str(&format!(
+        "## Test, exact search (paired bootstrap, {} resamples, {:.0}% CI of after − before)\n\n",
+        r.bootstrap_resamples,
+        r.confidence * 100.0
+    ));
+    md.push_str("| measure | zero-shot | fine-tuned | difference | CI low | CI high | p |\n|---|---|---|---|---|---|---|\n");
+    for measure in measures() {
+        let name = measure.to_string();
+        let per_query = |e: &Evaluation| -> Vec<f64> {
+            e.exact
+                .per_query
+                .values()
+                .map(|m| m.get(&name).copied().unwrap_or(0.0))
+                .collect()
+        };
+        let (a, b) = (per_query(before), per_query(after));
+        let ci = paired_bootstrap(
+            &a,
+            &b,
+            r.bootstrap_resamples,
+            r.confidence,
+            r.bootstrap_seed,
+        )?;
+        md.push_str(&format!(
+            "| {name} | {:.4} | {:.4} | {:+.4} | {:+.4} | {:+.4} | {:.4} |\n",
+            ci.mean_a, ci.mean_b, ci.mean_difference, ci.ci_low, ci.ci_high, ci.p_value
+        ));
+        rows.push(json!({
+            "measure": name, "zero_shot": ci.mean_a, "fine_tuned": ci.mean_b,
+            "difference": ci.mean_difference, "ci_low": ci.ci_low, "ci_high": ci.ci_high, "p_value": ci.p_value,
+        }));
+    }
+    let val_ndcg = |e: &Evaluation| e.exact.mean.get("ndcg@10").copied().unwrap_or(0.0);
+    md.push_str(&format!(
+        "\nValidation nDCG@10: {:.4} zero-shot, {:.4} fine-tuned.\n",
+        val_ndcg(before_val),
+        val_ndcg(after_val)
+    ));
+    let mut hnsw_json = serde_json::Value::Null;
+    if let (Some((hb, rb10, rb100)), Some((ha, ra10, ra100))) = (&before.hnsw, &after.hnsw) {
+        md.push_str(&format!(
+            "\n## Test, HNSW (m {}, ef_construction {}, ef_search {})\n\n| model | nDCG@10 | Recall@100 | recall@10 vs exact | recall@100 vs exact |\n|---|---|---|---|---|\n",
+            r.hnsw_config.m, r.hnsw_config.ef_construction, r.hnsw_config.ef_search
+        ));
+        for (label, report, r10, r100) in [
+            ("zero-shot", hb, rb10, rb100),
+            ("fine-tuned", ha, ra10, ra100),
+        ] {
+            md.push_str(&format!(
+                "| {label} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+                report.mean.get("ndcg@10").copied().unwrap_or(0.0),
+                report.mean.get("recall@100").copied().unwrap_or(0.0),
+                r10,
+                r100
+            ));
+        }
+        hnsw_json = json!({
+            "config": r.hnsw_config,
+            "zero_shot": {"mean": hb.mean, "recall_vs_exact@10": rb10, "recall_vs_exact@100": rb100},
+            "fine_tuned": {"mean": ha.mean, "recall_vs_exact@10": ra10, "recall_vs_exact@100": ra100},
+        });
+    }
+    let report = json!({
+        "run": config.trainer.run_name,
+        "base": config.model.base,
+        "steps": summary.steps,
+        "stopped_early": summary.stopped_early,
+        "best_checkpoint": summary.best_checkpoint,
+        "test_queries": after.exact.num_queries,
+        "test_exact": rows,
+        "test_hnsw": hnsw_json,
+        "val_ndcg@10": {"zero_shot": val_ndcg(before_val), "fine_tuned": val_ndcg(after_val)},
+        "config": config,
+    });
+    Ok((report, md))
+}
