@@ -65,7 +65,7 @@ pub struct DedupReport {
 /// The (bands, rows) split of `num_perm` whose S-curve midpoint (1/b)^(1/r) is nearest `threshold`.
 pub fn lsh_bands(num_perm: usize, threshold: f64) -> (usize, usize) {
     (1..=num_perm)
-        .filter(|b| num_perm % b == 0)
+        .filter(|b| num_perm.is_multiple_of(*b))
         .map(|b| (b, num_perm / b))
         .min_by(|x, y| {
             let t =

@@ -97,7 +97,9 @@ pub fn split_items(items: &[SplitItem], config: &SplitConfig) -> Result<SplitAss
             .map(|(l, _)| l.to_owned())
             .unwrap_or_default()
     };
-    let mut strata: BTreeMap<String, Vec<(u64, &String, &Vec<usize>)>> = BTreeMap::new();
+    // label -> (shuffle order, question key, member indices) of each group.
+    type Strata<'a> = BTreeMap<String, Vec<(u64, &'a String, &'a Vec<usize>)>>;
+    let mut strata: Strata<'_> = BTreeMap::new();
     for (key, members) in &groups {
         let order = splitmix64(stable_hash(key.as_bytes()) ^ splitmix64(config.seed));
         strata
