@@ -507,7 +507,7 @@ pub struct Llama {
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<nn::Linear>,
     inv_freq: Tensor,
-    adapter: Option<std::sync::Arc<dyn DecoderAdapter>>,
+    adapter: Option<std::rc::Rc<dyn DecoderAdapter>>,
 }
 
 impl Llama {
@@ -576,11 +576,11 @@ impl Llama {
     }
 
     /// Puts `adapter` in front of every projection (`None` runs the plain base model again).
-    pub fn set_adapter(&mut self, adapter: Option<std::sync::Arc<dyn DecoderAdapter>>) {
+    pub fn set_adapter(&mut self, adapter: Option<std::rc::Rc<dyn DecoderAdapter>>) {
         self.adapter = adapter;
     }
 
-    pub fn adapter(&self) -> Option<&std::sync::Arc<dyn DecoderAdapter>> {
+    pub fn adapter(&self) -> Option<&std::rc::Rc<dyn DecoderAdapter>> {
         self.adapter.as_ref()
     }
 

@@ -18,7 +18,7 @@ pub mod targets;
 use crate::llama::{KvCache, Llama};
 use crate::{ModelError, Result};
 use std::path::Path;
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -41,10 +41,10 @@ pub enum PeftConfig {
 /// One adapter on a Llama.
 #[derive(Debug, Clone)]
 pub enum Peft {
-    Lora(Arc<LoraAdapter>),
-    Ia3(Arc<Ia3Adapter>),
-    Prefix(Arc<PrefixAdapter>),
-    Prompt(Arc<PromptAdapter>),
+    Lora(Rc<LoraAdapter>),
+    Ia3(Rc<Ia3Adapter>),
+    Prefix(Rc<PrefixAdapter>),
+    Prompt(Rc<PromptAdapter>),
 }
 
 impl Peft {
@@ -57,16 +57,14 @@ impl Peft {
         init_text_ids: Option<&[i64]>,
     ) -> Result<Self> {
         Ok(match config {
-            PeftConfig::Lora(c) => {
-                Peft::Lora(Arc::new(LoraAdapter::new(c.clone(), model, device)?))
-            }
-            PeftConfig::Ia3(c) => Peft::Ia3(Arc::new(Ia3Adapter::new(c.clone(), model, device)?)),
-            PeftConfig::PrefixTuning(c) => Peft::Prefix(Arc::new(PrefixAdapter::new(
+            PeftConfig::Lora(c) => Peft::Lora(Rc::new(LoraAdapter::new(c.clone(), model, device)?)),
+            PeftConfig::Ia3(c) => Peft::Ia3(Rc::new(Ia3Adapter::new(c.clone(), model, device)?)),
+            PeftConfig::PrefixTuning(c) => Peft::Prefix(Rc::new(PrefixAdapter::new(
                 c.clone(),
                 &model.config,
                 device,
             )?)),
-            PeftConfig::PromptTuning(c) => Peft::Prompt(Arc::new(PromptAdapter::new(
+            PeftConfig::PromptTuning(c) => Peft::Prompt(Rc::new(PromptAdapter::new(
                 c.clone(),
                 model,
                 device,
