@@ -10,20 +10,31 @@ use std::process::{Command, Stdio};
 
 /// The workspace root, from this crate's fixed place in `crates/`.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// A folder under `assets/`, as `cargo xtask setup` extracted it. Panics with the fix if it is missing.
 pub fn asset(name: &str) -> PathBuf {
     let path = root().join("assets").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo xtask setup` (or `cargo xtask test`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask setup` (or `cargo xtask test`)",
+        path.display()
+    );
     path
 }
 
 /// The project venv's Python, which has torch and every reference library.
 pub fn python() -> PathBuf {
     let path = root().join(".venv/bin/python");
-    assert!(path.exists(), "{} is missing: run `cargo xtask setup`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        path.display()
+    );
     path
 }
 
@@ -55,7 +66,11 @@ pub fn reference(script: &str, input: &serde_json::Value) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{} printed no JSON ({e}):\n{}", script_path.display(), String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "{} printed no JSON ({e}):\n{}",
+            script_path.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 

@@ -30,14 +30,19 @@ fn splitmix(state: &mut u64) -> u64 {
 }
 
 fn generate(faq: &Path, out: &Path, passages: usize) -> Result<()> {
-    let text = std::fs::read_to_string(faq).with_context(|| format!("reading {}", faq.display()))?;
+    let text =
+        std::fs::read_to_string(faq).with_context(|| format!("reading {}", faq.display()))?;
     let mut vocab: Vec<String> = Vec::new();
     for line in text.lines() {
         // The answer field is enough: ordinary English with domain words and punctuation.
         if let Some(start) = line.find("\"a\":\"") {
             let rest = &line[start + 5..];
             let end = rest.find("\",\"").unwrap_or(rest.len());
-            vocab.extend(rest[..end].split_whitespace().map(|w| w.replace(['"', '\\'], "")));
+            vocab.extend(
+                rest[..end]
+                    .split_whitespace()
+                    .map(|w| w.replace(['"', '\\'], "")),
+            );
         }
     }
     vocab.sort();
@@ -88,7 +93,11 @@ pub fn run(root: &Path, python: &Path, args: DataArgs) -> Result<()> {
     let work = root.join("target/bench-data");
     std::fs::create_dir_all(&work)?;
     let corpus = work.join(format!("corpus-{}.jsonl", args.passages));
-    generate(&root.join("assets/zaragoza-faq/faq-en.jsonl"), &corpus, args.passages)?;
+    generate(
+        &root.join("assets/zaragoza-faq/faq-en.jsonl"),
+        &corpus,
+        args.passages,
+    )?;
     let tokenizer = root.join("assets/all-MiniLM-L6-v2/tokenizer.json");
     let size_mb = std::fs::metadata(&corpus)?.len() as f64 / 1e6;
     println!(
@@ -100,13 +109,27 @@ pub fn run(root: &Path, python: &Path, args: DataArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&rust_out);
     let rust = measure(
         Command::new(root.join("target/release/ragtune"))
-            .args(["data", "import", "--format", "jsonl", "--table", "corpus", "--map", "doc_id=_id"])
+            .args([
+                "data",
+                "import",
+                "--format",
+                "jsonl",
+                "--table",
+                "corpus",
+                "--map",
+                "doc_id=_id",
+            ])
             .arg(&corpus)
             .arg("--out")
             .arg(&rust_out)
             .arg("--tokenizer")
             .arg(&tokenizer)
-            .args(["--max-length", &args.max_length.to_string(), "--tokenize", "corpus"])
+            .args([
+                "--max-length",
+                &args.max_length.to_string(),
+                "--tokenize",
+                "corpus",
+            ])
             .current_dir(root),
         "ragtune data import",
     )?;
@@ -132,7 +155,10 @@ pub fn run(root: &Path, python: &Path, args: DataArgs) -> Result<()> {
             m.peak_rss_mib
         )
     };
-    println!("{:<34} {:>10} {:>17} {:>18}", "", "wall", "throughput", "memory");
+    println!(
+        "{:<34} {:>10} {:>17} {:>18}",
+        "", "wall", "throughput", "memory"
+    );
     line("ragtune data import + tokenize", &rust);
     line("pyarrow + HF tokenizers", &py);
     println!(
