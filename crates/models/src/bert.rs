@@ -5,7 +5,7 @@
 //! checkpoint that transformers and sentence-transformers load unchanged. Loading accepts the
 //! `bert.` prefix or its absence, and the legacy `LayerNorm.gamma`/`.beta` names.
 
-use crate::checkpoint::{load_safetensors, refuse_pickle, save_safetensors};
+use crate::checkpoint::{load_safetensors, refuse_pickle};
 use crate::{ModelError, Result};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -695,7 +695,5 @@ pub fn cast(vs: &mut nn::VarStore, kind: Kind) -> Result<()> {
 /// Saves every variable of `vs` under its Hugging Face name as safetensors (atomically).
 /// Tied weights are saved once, as transformers does.
 pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    save_safetensors(path, &tensors)
+    crate::checkpoint::save_var_store(vs, path, None)
 }

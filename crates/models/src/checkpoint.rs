@@ -86,6 +86,21 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
     atomic_write(path, &bytes)
 }
 
+/// Writes every variable of `vs` under its own name, sorted, cast to `kind` when one is given
+/// (exports are float32 whatever dtype the model ran in).
+pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path, kind: Option<Kind>) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| match kind {
+            Some(kind) => (name, t.detach().to_kind(kind)),
+            None => (name, t),
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    save_safetensors(path, &tensors)
+}
+
 /// Writes `bytes` to `path` through a temp file in the same folder, fsynced, then renamed over it.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;

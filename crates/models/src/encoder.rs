@@ -240,14 +240,11 @@ impl SentenceEncoder {
     /// transformers load `dir` as they loaded the original.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        let mut tensors: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(name, t)| (name, t.detach().to_kind(Kind::Float)))
-            .collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        crate::checkpoint::save_safetensors(&dir.join("model.safetensors"), &tensors)?;
+        crate::checkpoint::save_var_store(
+            &self.vs,
+            &dir.join("model.safetensors"),
+            Some(Kind::Float),
+        )?;
         if dir.canonicalize().ok() == self.dir.canonicalize().ok() {
             return Ok(());
         }

@@ -335,11 +335,7 @@ fn stream_jsonl<R: FromRow>(
         Ok(())
     })?;
     writer.finish()?;
-    report.rows_read += read;
-    report.written.insert(R::TABLE.into(), written);
-    if dropped > 0 {
-        report.dropped_empty.insert(R::TABLE.into(), dropped);
-    }
+    report.record_table(R::TABLE, read, written, dropped);
     Ok(())
 }
 
@@ -442,11 +438,7 @@ fn stream_csv<R: FromRow>(
         }
     })?;
     writer.finish()?;
-    report.rows_read += read;
-    report.written.insert(R::TABLE.into(), written);
-    if dropped > 0 {
-        report.dropped_empty.insert(R::TABLE.into(), dropped);
-    }
+    report.record_table(R::TABLE, read, written, dropped);
     Ok(())
 }
 

@@ -54,6 +54,15 @@ impl ImportReport {
     pub fn drop_empty(&mut self, table: &str) {
         *self.dropped_empty.entry(table.into()).or_default() += 1;
     }
+
+    /// Records what a streaming import of one table read, wrote and dropped.
+    pub fn record_table(&mut self, table: &str, read: usize, written: usize, dropped: usize) {
+        self.rows_read += read;
+        self.written.insert(table.into(), written);
+        if dropped > 0 {
+            self.dropped_empty.insert(table.into(), dropped);
+        }
+    }
 }
 
 fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>> {

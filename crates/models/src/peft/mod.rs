@@ -239,14 +239,11 @@ pub(crate) fn peft_key(module_path: &str, suffix: &str) -> String {
 /// e.g. after [`Peft::merge_and_unload`]; transformers loads it with `AutoModelForCausalLM`.
 pub fn save_hf_folder(lm: &crate::llama_load::CausalLm, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let mut tensors: Vec<(String, Tensor)> = lm
-        .var_store
-        .variables()
-        .into_iter()
-        .map(|(name, t)| (name, t.detach().to_kind(Kind::Float)))
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    crate::checkpoint::save_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    crate::checkpoint::save_var_store(
+        &lm.var_store,
+        &dir.join("model.safetensors"),
+        Some(Kind::Float),
+    )?;
     crate::llama_tokenizer::write_json(&dir.join("config.json"), &lm.config.to_hf_json("float32"))?;
     lm.tokenizer.save_hf_files(dir)
 }
