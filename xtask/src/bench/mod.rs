@@ -3,6 +3,8 @@
 
 mod data;
 mod encode;
+mod generator;
+mod retriever;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -17,12 +19,18 @@ pub enum Bench {
     Encode(encode::EncodeArgs),
     /// `ragtune data import` + token cache vs pyarrow + HF tokenizers on a generated 200k-passage corpus.
     Data(data::DataArgs),
+    /// `ragtune retriever train` vs sentence-transformers MultipleNegativesRankingLoss on the same FAQ pairs.
+    Retriever(retriever::RetrieverArgs),
+    /// `ragtune generator sft` (LoRA) vs TRL's SFTTrainer with PEFT LoRA on the same data and model.
+    Generator(generator::GeneratorArgs),
 }
 
 pub fn run(root: &Path, python: &Path, which: Bench) -> Result<()> {
     match which {
         Bench::Encode(args) => encode::run(root, python, args),
         Bench::Data(args) => data::run(root, python, args),
+        Bench::Retriever(args) => retriever::run(root, python, args),
+        Bench::Generator(args) => generator::run(root, python, args),
     }
 }
 
