@@ -1,11 +1,13 @@
 """Reads (or writes) Parquet files with pyarrow and pandas for the data crate's interop tests.
 
-stdin: {"read": [paths]} -> {"tables": [{path, metadata, num_rows, columns, types, rows, pandas_rows}]}
+stdin: {"read": [paths]} -> {"tables": [{path, metadata, num_rows, columns, types, rows, pandas_rows,
+                                          duckdb_rows, duckdb_columns, duckdb_metadata}]}
        {"write": {"path": p, "columns": {name: [values]}}} -> {"written": p}  (plain pandas.to_parquet)
 """
 import json
 import sys
 
+import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -22,6 +24,12 @@ def main():
         table = pq.read_table(path)
         meta = pq.read_metadata(path).metadata or {}
         df = pd.read_parquet(path)
+        relation = duckdb.read_parquet(path)
+        duck_columns = relation.columns
+        duck_rows = [dict(zip(duck_columns, row)) for row in relation.fetchall()]
+        duck_meta = duckdb.execute(
+            "SELECT key, value FROM parquet_kv_metadata(?)", [path]
+        ).fetchall()
         out.append(
             {
                 "path": path,
@@ -31,6 +39,11 @@ def main():
                 "types": [str(t) for t in table.schema.types],
                 "rows": table.to_pylist(),
                 "pandas_rows": len(df),
+                "duckdb_columns": duck_columns,
+                "duckdb_rows": duck_rows,
+                "duckdb_metadata": {
+                    k.decode(): v.decode() for k, v in duck_meta if k != b"ARROW:schema"
+                },
             }
         )
     print(json.dumps({"tables": out}, default=str))

@@ -66,7 +66,7 @@ fn sample_qa() -> Vec<QaExample> {
 }
 
 #[test]
-fn every_table_round_trips_and_pyarrow_and_pandas_read_it() {
+fn every_table_round_trips_and_pyarrow_pandas_and_duckdb_read_it() {
     let dir = scratch("data-tables");
     let corpus = vec![
         Doc {
@@ -136,6 +136,10 @@ fn every_table_round_trips_and_pyarrow_and_pandas_read_it() {
         assert_eq!(t["metadata"][SCHEMA_NAME_KEY], name, "{t}");
         assert_eq!(t["metadata"][SCHEMA_VERSION_KEY], "1", "{t}");
         assert_eq!(t["num_rows"], t["pandas_rows"]);
+        // DuckDB reads the files as they are: same columns, same rows, same schema metadata.
+        assert_eq!(t["duckdb_columns"], t["columns"], "{name}");
+        assert_eq!(t["duckdb_rows"], t["rows"], "{name}");
+        assert_eq!(t["duckdb_metadata"][SCHEMA_NAME_KEY], name, "{name}");
     }
     assert_eq!(tables[0]["rows"][0]["text"], "café ünïcode");
     assert_eq!(tables[0]["rows"][1]["metadata"], serde_json::Value::Null);
