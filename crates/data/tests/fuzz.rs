@@ -58,8 +58,17 @@ fn jsonish() -> impl Strategy<Value = String> {
     .prop_map(|parts| parts.concat())
 }
 
+/// 2,000 cases per importer in CI; `RAGTUNE_FUZZ_CASES=200000 cargo test -p ragtune-data --release
+/// --test fuzz` runs a long campaign with the same targets.
+fn fuzz_cases() -> u32 {
+    std::env::var("RAGTUNE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn jsonl_lines_never_panic(line in jsonish()) {
