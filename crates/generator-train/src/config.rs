@@ -1,6 +1,7 @@
 //! The run config (`configs/generator*.toml`): model, data, prompt, contexts, PEFT and trainer.
 
 use crate::contexts::ContextConfig;
+use crate::packing::PackingConfig;
 use crate::prompt::PromptConfig;
 use crate::{GeneratorError, Result};
 use ragtune_models::peft::PeftConfig;
@@ -31,6 +32,13 @@ pub struct GeneratorConfig {
     pub eval: EvalSettings,
     #[serde(default)]
     pub trainer: TrainerConfig,
+    /// `[packing]`: best-fit decreasing packing of short SFT examples into rows.
+    #[serde(default)]
+    pub packing: PackingConfig,
+    /// Write the tokenized training examples (ids and prompt length) to
+    /// `<run dir>/train_examples.jsonl`, so another implementation can train on exactly them.
+    #[serde(default)]
+    pub save_examples: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

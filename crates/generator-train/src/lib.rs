@@ -7,6 +7,7 @@
 //! - [`contexts`]: lexical top-k passages per question and RAFT mixing.
 //! - [`prompt`]: prompt templates, tokenization and the max-length policy.
 //! - [`loss`]: chunked completion-only cross-entropy, sequence log-probs, DPO losses.
+//! - [`packing`]: best-fit decreasing packing of short examples.
 //! - [`sft`]: the SFT recipe; [`evaluate`]: generation on a split and its scores.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod dpo;
 pub mod error;
 pub mod evaluate;
 pub mod loss;
+pub mod packing;
 pub mod prompt;
 pub mod sft;
 

@@ -3,9 +3,11 @@
 use crate::config::GeneratorConfig;
 use crate::contexts::{raft, LexicalIndex};
 use crate::loss::completion_loss;
+use crate::packing::{best_fit_decreasing, collate_packed, PackedBatch};
 use crate::prompt::PromptBuilder;
 use crate::{GeneratorError, Result};
 use ragtune_data::QaExample;
+use ragtune_models::llama::Llama;
 use ragtune_models::llama_load::CausalLm;
 use ragtune_models::peft::{self, Peft};
 use ragtune_trainer::{Metrics, RunSummary, Trainer};
@@ -92,6 +94,80 @@ pub fn batch_loss(
     completion_loss(&lm.model, &hidden, &ids, &completion, LOSS_CHUNK)
 }
 
+/// Completion-only loss of packed rows (each example attends only to itself).
+pub fn packed_loss(model: &Llama, batch: &PackedBatch) -> Result<(Tensor, i64)> {
+    let hidden =
+        model.forward_hidden_packed(&batch.input_ids, &batch.segment_ids, &batch.position_ids)?;
+    completion_loss(
+        model,
+        &hidden,
+        &batch.input_ids,
+        &batch.completion_mask,
+        LOSS_CHUNK,
+    )
+}
+
+/// The units the trainer samples: one example each, or with packing, the rows of
+/// best-fit-decreasing bins (example indices).
+fn training_units(
+    config: &GeneratorConfig,
+    adapter: Option<&Peft>,
+    examples: &[SftExample],
+) -> Result<Vec<Vec<usize>>> {
+    if !config.packing.enabled {
+        return Ok((0..examples.len()).map(|i| vec![i]).collect());
+    }
+    if matches!(adapter, Some(Peft::Prefix(_) | Peft::Prompt(_))) {
+        return Err(GeneratorError::Invalid(
+            "packing works with full fine-tuning, LoRA and IA3, not with prefix or prompt tuning \
+             (their virtual tokens would be shared across the packed examples)"
+                .into(),
+        ));
+    }
+    let capacity = config.packing.max_length.unwrap_or(config.prompt.max_length);
+    let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    best_fit_decreasing(&lengths, capacity).map_err(|e| match e {
+        GeneratorError::Invalid(m) => GeneratorError::Invalid(format!(
+            "{m} ([packing] max_length; the example's id is {:?})",
+            lengths
+                .iter()
+                .position(|&l| l > capacity)
+                .map(|i| &examples[i].id)
+        )),
+        other => other,
+    })
+}
+
+/// `<run dir>/train_examples.jsonl`: one `{"id", "input_ids", "prompt_len"}` per line.
+fn save_examples(config: &GeneratorConfig, examples: &[SftExample]) -> Result<()> {
+    let mut text = String::new();
+    for e in examples {
+        let line = serde_json::json!({"id": e.id, "input_ids": e.input_ids, "prompt_len": e.prompt_len});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let dir = config.trainer.run_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        GeneratorError::Invalid(format!("cannot create {}: {e}", dir.display()))
+    })?;
+    ragtune_models::checkpoint::atomic_write(&dir.join("train_examples.jsonl"), text.as_bytes())?;
+    Ok(())
+}
+
+fn trainer_note(units: &[Vec<usize>], examples: &[SftExample]) {
+    let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
+    let longest = units
+        .iter()
+        .map(|u| u.iter().map(|&i| examples[i].input_ids.len()).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "packing: {} examples into {} rows ({tokens} tokens, longest row {longest})",
+        examples.len(),
+        units.len()
+    );
+}
+
 /// Trains `adapter` (or the whole model when `None`) on `examples`; `eval_fn` runs when the
 /// trainer's eval cadence says so. Base weights under PEFT are frozen: no gradient, no AdamW state.
 pub fn train(
@@ -113,7 +189,14 @@ pub fn train(
     if examples.is_empty() {
         return Err(GeneratorError::Invalid("no training examples".into()));
     }
-    let mut trainer = Trainer::new(config.trainer.clone(), vs, examples.len())?;
+    if config.save_examples {
+        save_examples(config, examples)?;
+    }
+    let units = training_units(config, adapter, examples)?;
+    if config.packing.enabled {
+        trainer_note(&units, examples);
+    }
+    let mut trainer = Trainer::new(config.trainer.clone(), vs, units.len())?;
     let started = std::time::Instant::now();
     let mut tokens = 0i64;
     while !trainer.finished() {
@@ -123,9 +206,23 @@ pub fn train(
         let lm_ref: &CausalLm = lm;
         let report = trainer.train_step(
             |batch| -> Result<Tensor> {
-                let rows: Vec<&SftExample> = batch.indices.iter().map(|&i| &examples[i]).collect();
-                tokens += rows.iter().map(|r| r.input_ids.len() as i64).sum::<i64>();
-                let (loss, _) = batch_loss(lm_ref, adapter, &rows, device)?;
+                let rows: Vec<Vec<&SftExample>> = batch
+                    .indices
+                    .iter()
+                    .map(|&u| units[u].iter().map(|&i| &examples[i]).collect())
+                    .collect();
+                tokens += rows
+                    .iter()
+                    .flatten()
+                    .map(|r| r.input_ids.len() as i64)
+                    .sum::<i64>();
+                let (loss, _) = if config.packing.enabled {
+                    let packed = collate_packed(&rows, lm_ref.tokenizer.pad_token_id(), device);
+                    packed_loss(&lm_ref.model, &packed)?
+                } else {
+                    let flat: Vec<&SftExample> = rows.into_iter().flatten().collect();
+                    batch_loss(lm_ref, adapter, &flat, device)?
+                };
                 Ok(loss)
             },
             || {
@@ -145,6 +242,11 @@ pub fn train(
             ));
         }
     }
+    let secs = started.elapsed().as_secs_f64();
+    trainer.println(format!(
+        "train loop: {tokens} non-pad tokens in {secs:.2} s ({:.1} tokens/s)",
+        tokens as f64 / secs
+    ));
     if let Some(a) = adapter {
         a.set_training(false);
     }

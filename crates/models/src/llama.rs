@@ -312,6 +312,7 @@ pub trait DecoderAdapter: std::fmt::Debug {
     /// for input `xs`, in place of `base.forward(xs)`.
     fn project(&self, layer: usize, module: &str, xs: &Tensor, base: &nn::Linear)
         -> Option<Tensor>;
+
 }
 
 type Hook<'a> = Option<(&'a dyn DecoderAdapter, usize)>;
@@ -466,6 +467,25 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: RmsNorm,
 }
 
+impl DecoderLayer {
+    fn forward(
+        &self,
+        hidden: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: Option<&mut (Tensor, Tensor)>,
+        hook: Hook,
+    ) -> Tensor {
+        // Residual adds stay out of place: the norms keep `hidden` for their backward pass.
+        let attn_in = self.input_layernorm.forward(hidden);
+        let hidden = hidden + self.self_attn.forward(&attn_in, rope, mask, cache, hook);
+        let mlp = self
+            .mlp
+            .forward_hooked(&self.post_attention_layernorm.forward(&hidden), hook);
+        hidden + mlp
+    }
+}
+
 /// Per-layer keys and values of the tokens seen so far, `[batch, kv_heads, seq, head_dim]`.
 #[derive(Debug)]
 pub struct KvCache {
@@ -613,7 +633,7 @@ impl Llama {
         embeds: &Tensor,
         attention_mask: Option<&Tensor>,
         position_ids: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t, _) = embeds.size3().map_err(|_| {
             ModelError::Invalid(format!(
@@ -641,15 +661,7 @@ impl Llama {
                 .unsqueeze(0)
                 .expand([b, t], false),
         };
-        let mut hidden = embeds.shallow_clone();
-        let kind = hidden.kind();
-        let freqs =
-            positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
-        let angles = Tensor::cat(&[&freqs, &freqs], -1);
-        let rope = (
-            angles.cos().to_kind(kind).unsqueeze(1),
-            angles.sin().to_kind(kind).unsqueeze(1),
-        );
+        let kind = embeds.kind();
         // Without padding and without a cache, SDPA's causal flag replaces the explicit mask.
         let mask = match attention_mask {
             Some(m) => Some(additive_mask(m, t, past, kind)),
@@ -661,22 +673,58 @@ impl Llama {
             )),
             None => None,
         };
-        // Residual adds stay out of place: the norms keep `hidden` for their backward pass.
-        #[allow(clippy::assign_op_pattern)]
+        Ok(self.run_layers(embeds, &positions, mask.as_ref(), cache))
+    }
+
+    /// Final hidden states of packed rows: each row holds several examples back to back.
+    /// `segment_ids` `[batch, seq]` numbers the examples of a row from 1 (0 is padding); a token
+    /// attends only to earlier tokens of its own example (a block-diagonal causal mask), and
+    /// `position_ids` restart at 0 for each example, so every example sees exactly what it would
+    /// see alone in a row.
+    pub fn forward_hidden_packed(
+        &self,
+        input_ids: &Tensor,
+        segment_ids: &Tensor,
+        position_ids: &Tensor,
+    ) -> Result<Tensor> {
+        let size = input_ids.size();
+        if size.len() != 2 || segment_ids.size() != size || position_ids.size() != size {
+            return Err(ModelError::Invalid(format!(
+                "packed input_ids {:?}, segment_ids {:?} and position_ids {:?} must all be [batch, seq]",
+                size,
+                segment_ids.size(),
+                position_ids.size()
+            )));
+        }
+        let embeds = self.embed_tokens.forward(input_ids);
+        let mask = block_causal_mask(segment_ids, embeds.kind());
+        Ok(self.run_layers(&embeds, position_ids, Some(&mask), None))
+    }
+
+    /// The decoder stack and the final norm over `embeds`, with RoPE at `positions` and an
+    /// additive attention mask (`None`: plain causal).
+    fn run_layers(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let mut hidden = embeds.shallow_clone();
+        let kind = hidden.kind();
+        let freqs =
+            positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
+        let angles = Tensor::cat(&[&freqs, &freqs], -1);
+        let rope = (
+            angles.cos().to_kind(kind).unsqueeze(1),
+            angles.sin().to_kind(kind).unsqueeze(1),
+        );
         for (i, layer) in self.layers.iter().enumerate() {
-            let attn_in = layer.input_layernorm.forward(&hidden);
             let entry = cache.as_mut().map(|c| &mut c.layers[i]);
             let hook = self.adapter.as_deref().map(|a| (a, i));
-            let attn = layer
-                .self_attn
-                .forward(&attn_in, &rope, mask.as_ref(), entry, hook);
-            hidden = hidden + attn;
-            let mlp = layer
-                .mlp
-                .forward_hooked(&layer.post_attention_layernorm.forward(&hidden), hook);
-            hidden = hidden + mlp;
+            hidden = layer.forward(&hidden, &rope, mask, entry, hook);
         }
-        Ok(self.norm.forward(&hidden))
+        self.norm.forward(&hidden)
     }
 
     /// Vocabulary logits for hidden states from `forward_hidden`.
@@ -700,6 +748,33 @@ impl Llama {
     }
 }
 
+/// `[batch, 1, seq, seq]` for packed rows: 0 where query i may attend key j (j <= i, same
+/// example, not padding), the dtype's minimum elsewhere.
+fn block_causal_mask(segment_ids: &Tensor, kind: Kind) -> Tensor {
+    let device = segment_ids.device();
+    let t = segment_ids.size()[1];
+    let pos = Tensor::arange(t, (Kind::Int64, device));
+    let causal = pos.unsqueeze(0).le_tensor(&pos.unsqueeze(1)); // [t, t]: key <= query
+    let same = segment_ids
+        .unsqueeze(2)
+        .eq_tensor(&segment_ids.unsqueeze(1)); // [b, t, t]
+    let real_keys = segment_ids.ne(0).unsqueeze(1); // [b, 1, t]
+    let allowed = same
+        .logical_and(&causal.unsqueeze(0))
+        .logical_and(&real_keys)
+        .unsqueeze(1);
+    Tensor::zeros(allowed.size(), (kind, device)).masked_fill(&allowed.logical_not(), min_value(kind))
+}
+
+fn min_value(kind: Kind) -> f64 {
+    match kind {
+        Kind::BFloat16 => -3.3895313892515355e38,
+        Kind::Half => -65504.0,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
 /// `[batch, 1, seq, past + seq]`: 0 where query i may attend key j (causal and not padding),
 /// the dtype's minimum elsewhere, so fully masked (padding) rows stay finite.
 fn additive_mask(mask: &Tensor, t: i64, past: i64, kind: Kind) -> Tensor {
@@ -710,11 +785,6 @@ fn additive_mask(mask: &Tensor, t: i64, past: i64, kind: Kind) -> Tensor {
     let causal = key_pos.le_tensor(&query_pos); // [t, total]
     let keys = mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1); // [b, 1, 1, total]
     let allowed = causal.unsqueeze(0).unsqueeze(0).logical_and(&keys);
-    let min = match kind {
-        Kind::BFloat16 => -3.3895313892515355e38,
-        Kind::Half => -65504.0,
-        Kind::Double => f64::MIN,
-        _ => f32::MIN as f64,
-    };
-    Tensor::zeros(allowed.size(), (kind, device)).masked_fill(&allowed.logical_not(), min)
+    Tensor::zeros(allowed.size(), (kind, device))
+        .masked_fill(&allowed.logical_not(), min_value(kind))
 }

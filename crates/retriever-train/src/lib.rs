@@ -4,7 +4,9 @@
 //! - [`gradcache`]: large contrastive batches in bounded memory.
 //! - [`index`]: exact and HNSW search; [`mining`]: hard negatives with false-negative filters.
 //! - [`model`]: DPR / Contriever / sentence-transformers bi-encoders; [`export`]: sentence-transformers folders.
+//! - [`contriever`]: Contriever's unsupervised independent-cropping objective on a raw corpus.
 
+pub mod contriever;
 pub mod error;
 pub mod evaluate;
 pub mod export;

@@ -2,6 +2,7 @@
 //! negatives,) train with InfoNCE under the shared trainer, evaluate again with exact search and
 //! HNSW, and write a before/after report with paired bootstrap confidence intervals.
 
+use crate::contriever::{self, CropConfig};
 use crate::evaluate::{encode_corpus, evaluate_queries, measures, Evaluation};
 use crate::gradcache::{self, Side};
 use crate::index::HnswConfig;
@@ -12,6 +13,7 @@ use crate::{Result, RetrieverError};
 use ragtune_data::split::{split_dataset, SplitConfig};
 use ragtune_data::{Dataset, Triplet};
 use ragtune_eval::significance::paired_bootstrap;
+use ragtune_models::tokenize::TokenizedText;
 use ragtune_trainer::{Metrics, Trainer, TrainerConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -98,12 +100,35 @@ impl Default for ReportConfig {
     }
 }
 
+/// What the model learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    /// (query, positive[, negatives]) pairs from the training split's qrels or a triplets file.
+    #[default]
+    Supervised,
+    /// Contriever's unsupervised independent cropping over a raw corpus (no queries), see
+    /// [`crate::contriever`].
+    ContrieverCrops,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    pub kind: ObjectiveKind,
+    /// The raw corpus of `contriever_crops`: a corpus Parquet table or a dataset folder. Without
+    /// it, the corpus of `data.source` (its passages only; its queries are never seen).
+    pub corpus: Option<PathBuf>,
+    pub crop: CropConfig,
+}
+
 /// A whole run, as `configs/retriever-*.toml` spells it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrieverConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
+    pub objective: ObjectiveConfig,
     pub loss: LossConfig,
     pub negatives: NegativesConfig,
     pub report: ReportConfig,
@@ -249,6 +274,7 @@ pub fn batch_loss(
 pub struct RunReport {
     pub run_dir: PathBuf,
     pub steps: u64,
+    /// Training examples: pairs, or documents for the cropping objective.
     pub train_pairs: usize,
     pub mining: Option<MiningReport>,
     pub report: serde_json::Value,
@@ -273,9 +299,26 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     let before = tch::no_grad(|| eval_split(&model, &test, hnsw))?;
     let before_val = tch::no_grad(|| eval_split(&model, &val, None))?;
 
-    // 3. Training pairs, with mined hard negatives when asked for.
+    // 3. Training examples: pairs (with mined hard negatives when asked for), or raw documents to crop.
     let mut mining_report = None;
-    let mut triplets = if config.negatives.hard {
+    let crops: Vec<TokenizedText> = if config.objective.kind == ObjectiveKind::ContrieverCrops {
+        config.objective.crop.validate()?;
+        if config.negatives.hard {
+            return Err(RetrieverError::Invalid(
+                "objective.kind = \"contriever_crops\" uses in-batch negatives only: set negatives.hard = false".into(),
+            ));
+        }
+        let docs = match &config.objective.corpus {
+            Some(path) => contriever::read_corpus(path)?,
+            None => train.corpus.clone(),
+        };
+        contriever::tokenize_corpus(&model, &docs, &config.objective.crop)?
+    } else {
+        Vec::new()
+    };
+    let mut triplets = if !crops.is_empty() {
+        Vec::new()
+    } else if config.negatives.hard {
         let (triplets, report) = tch::no_grad(|| {
             mining::mine(
                 &model,
@@ -294,7 +337,12 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     };
 
     // 4. Training under the shared trainer: checkpoints, resume, metrics.jsonl, early stopping on val nDCG@10.
-    let mut trainer = Trainer::new(config.trainer.clone(), model.var_store(), triplets.len())?;
+    let examples = if crops.is_empty() {
+        triplets.len()
+    } else {
+        crops.len()
+    };
+    let mut trainer = Trainer::new(config.trainer.clone(), model.var_store(), examples)?;
     while !trainer.finished() {
         if let (Some(every), true) = (config.negatives.remine_every_steps, config.negatives.hard) {
             if trainer.step() > 0 && trainer.step() % every == 0 {
@@ -320,6 +368,19 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
         }
         trainer.train_step(
             |batch| {
+                if !crops.is_empty() {
+                    let docs: Vec<&TokenizedText> =
+                        batch.indices.iter().map(|&i| &crops[i]).collect();
+                    return contriever::crop_batch_loss(
+                        &model,
+                        &docs,
+                        &config.objective.crop,
+                        &config.loss,
+                        batch.rng,
+                        batch.step,
+                        true,
+                    );
+                }
                 let rows: Vec<&Triplet> = batch.indices.iter().map(|&i| &triplets[i]).collect();
                 batch_loss(&model, &rows, &config.loss, batch.step, true)
             },
@@ -346,7 +407,7 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     Ok(RunReport {
         run_dir,
         steps: summary.steps,
-        train_pairs: triplets.len(),
+        train_pairs: examples,
         mining: mining_report,
         report,
         markdown,
