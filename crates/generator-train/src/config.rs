@@ -2,6 +2,8 @@
 
 use crate::contexts::ContextConfig;
 use crate::packing::PackingConfig;
+use crate::dpo::DpoSettings;
+use crate::make_pairs::PairsSettings;
 use crate::prompt::PromptConfig;
 use crate::{GeneratorError, Result};
 use ragtune_models::peft::PeftConfig;
@@ -32,6 +34,12 @@ pub struct GeneratorConfig {
     pub eval: EvalSettings,
     #[serde(default)]
     pub trainer: TrainerConfig,
+    /// `ragtune generator make-pairs`: how rejected answers are produced.
+    #[serde(default)]
+    pub pairs: PairsSettings,
+    /// `ragtune generator dpo`: preference data, loss and reference model.
+    #[serde(default)]
+    pub dpo: DpoSettings,
     /// `[packing]`: best-fit decreasing packing of short SFT examples into rows.
     #[serde(default)]
     pub packing: PackingConfig,

@@ -9,6 +9,8 @@
 //! - [`loss`]: chunked completion-only cross-entropy, sequence log-probs, DPO losses.
 //! - [`packing`]: best-fit decreasing packing of short examples.
 //! - [`sft`]: the SFT recipe; [`evaluate`]: generation on a split and its scores.
+//! - [`make_pairs`]: preference pairs (gold vs the model's own hallucination); [`dpo`]: the DPO
+//!   recipe; [`ref_cache`]: reference log-probs cached in Parquet.
 
 pub mod config;
 pub mod contexts;
@@ -17,7 +19,9 @@ pub mod error;
 pub mod evaluate;
 pub mod loss;
 pub mod packing;
+pub mod make_pairs;
 pub mod prompt;
+pub mod ref_cache;
 pub mod sft;
 
 pub use error::{GeneratorError, Result};

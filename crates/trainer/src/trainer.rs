@@ -574,6 +574,11 @@ impl Trainer {
     pub fn println(&self, message: impl AsRef<str>) {
         self.progress.println(message);
     }
+
+    /// Appends a recipe's own record (e.g. DPO rewards of the step just done) to metrics.jsonl.
+    pub fn log(&mut self, record: &serde_json::Value) -> Result<()> {
+        self.metrics.append(record)
+    }
 }
 
 fn format_metrics(metrics: &Metrics) -> String {
