@@ -4,8 +4,13 @@
 //! `encoder.layer.0.attention.self.query.weight`, ...), so a fine-tuned model saves back as a
 //! checkpoint that transformers and sentence-transformers load unchanged. Loading accepts the
 //! `bert.` prefix or its absence, and the legacy `LayerNorm.gamma`/`.beta` names.
+//!
+//! A [`BertModel`] can carry one PEFT adapter ([`crate::peft::EncoderPeft`]: LoRA, IA3 or
+//! bottleneck adapters), which hooks into its linear layers and sublayer outputs through
+//! [`EncoderAdapter`]; without one the model computes exactly what it did before.
 
 use crate::checkpoint::{load_safetensors, refuse_pickle};
+use crate::peft::{EncoderPeft, Sublayer};
 use crate::{ModelError, Result};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -101,6 +106,46 @@ impl HiddenAct {
     }
 }
 
+/// What a parameter-efficient method needs to change a BERT without touching its weights.
+pub trait EncoderAdapter: std::fmt::Debug {
+    /// The output of linear layer `module` (`attention.self.query`, ..., relative to
+    /// `encoder.layer.{layer}`; `layer` is `None` for `pooler.dense`) for input `xs`, in place of
+    /// `base.forward(xs)`; `None` keeps the base layer.
+    fn project(
+        &self,
+        layer: Option<usize>,
+        module: &str,
+        xs: &Tensor,
+        base: &nn::Linear,
+        train: bool,
+    ) -> Option<Tensor>;
+
+    /// A replacement for a sublayer's output (after its projection and dropout, before the
+    /// residual add and layer norm): where bottleneck adapters sit.
+    fn after_sublayer(
+        &self,
+        _layer: usize,
+        _sublayer: Sublayer,
+        _xs: &Tensor,
+        _train: bool,
+    ) -> Option<Tensor> {
+        None
+    }
+}
+
+/// The adapter and the index of the layer being run.
+type Hook<'a> = Option<(&'a dyn EncoderAdapter, usize)>;
+
+fn project(base: &nn::Linear, xs: &Tensor, hook: Hook, module: &str, train: bool) -> Tensor {
+    hook.and_then(|(adapter, layer)| adapter.project(Some(layer), module, xs, base, train))
+        .unwrap_or_else(|| base.forward(xs))
+}
+
+fn after_sublayer(xs: Tensor, hook: Hook, sublayer: Sublayer, train: bool) -> Tensor {
+    hook.and_then(|(adapter, layer)| adapter.after_sublayer(layer, sublayer, &xs, train))
+        .unwrap_or(xs)
+}
+
 fn layer_norm(p: nn::Path, config: &BertConfig) -> nn::LayerNorm {
     let ln_config = nn::LayerNormConfig {
         eps: config.layer_norm_eps,
@@ -168,7 +213,13 @@ impl BertSelfAttention {
     }
 
     /// `additive_mask` is `[batch, 1, 1, seq]`: 0 where a key may be attended, a large negative where not.
-    pub fn forward_t(&self, hidden: &Tensor, additive_mask: &Tensor, train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        hidden: &Tensor,
+        additive_mask: &Tensor,
+        train: bool,
+        hook: Hook,
+    ) -> Tensor {
         let (batch, seq, hidden_size) = hidden
             .size3()
             .expect("hidden states are [batch, seq, hidden]");
@@ -176,9 +227,27 @@ impl BertSelfAttention {
             xs.view([batch, seq, self.num_heads, self.head_dim])
                 .transpose(1, 2)
         };
-        let q = heads(self.query.forward(hidden));
-        let k = heads(self.key.forward(hidden));
-        let v = heads(self.value.forward(hidden));
+        let q = heads(project(
+            &self.query,
+            hidden,
+            hook,
+            "attention.self.query",
+            train,
+        ));
+        let k = heads(project(
+            &self.key,
+            hidden,
+            hook,
+            "attention.self.key",
+            train,
+        ));
+        let v = heads(project(
+            &self.value,
+            hidden,
+            hook,
+            "attention.self.value",
+            train,
+        ));
         let dropout = if train { self.dropout } else { 0.0 };
         Tensor::scaled_dot_product_attention(
             &q,
@@ -214,8 +283,10 @@ impl BertSelfOutput {
         }
     }
 
-    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
-        let projected = self.dense.forward(hidden).dropout(self.dropout, train);
+    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool, hook: Hook) -> Tensor {
+        let projected = project(&self.dense, hidden, hook, "attention.output.dense", train)
+            .dropout(self.dropout, train);
+        let projected = after_sublayer(projected, hook, Sublayer::Attention, train);
         self.layer_norm.forward(&(projected + residual))
     }
 }
@@ -234,9 +305,17 @@ impl BertAttention {
         }
     }
 
-    pub fn forward_t(&self, hidden: &Tensor, additive_mask: &Tensor, train: bool) -> Tensor {
-        let attended = self.self_attention.forward_t(hidden, additive_mask, train);
-        self.output.forward_t(&attended, hidden, train)
+    pub fn forward_t(
+        &self,
+        hidden: &Tensor,
+        additive_mask: &Tensor,
+        train: bool,
+        hook: Hook,
+    ) -> Tensor {
+        let attended = self
+            .self_attention
+            .forward_t(hidden, additive_mask, train, hook);
+        self.output.forward_t(&attended, hidden, train, hook)
     }
 }
 
@@ -260,8 +339,14 @@ impl BertIntermediate {
         }
     }
 
-    pub fn forward(&self, hidden: &Tensor) -> Tensor {
-        self.act.apply(&self.dense.forward(hidden))
+    pub fn forward(&self, hidden: &Tensor, hook: Hook, train: bool) -> Tensor {
+        self.act.apply(&project(
+            &self.dense,
+            hidden,
+            hook,
+            "intermediate.dense",
+            train,
+        ))
     }
 }
 
@@ -287,8 +372,10 @@ impl BertOutput {
         }
     }
 
-    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
-        let projected = self.dense.forward(hidden).dropout(self.dropout, train);
+    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool, hook: Hook) -> Tensor {
+        let projected =
+            project(&self.dense, hidden, hook, "output.dense", train).dropout(self.dropout, train);
+        let projected = after_sublayer(projected, hook, Sublayer::FeedForward, train);
         self.layer_norm.forward(&(projected + residual))
     }
 }
@@ -309,10 +396,16 @@ impl BertLayer {
         }
     }
 
-    pub fn forward_t(&self, hidden: &Tensor, additive_mask: &Tensor, train: bool) -> Tensor {
-        let attended = self.attention.forward_t(hidden, additive_mask, train);
-        let expanded = self.intermediate.forward(&attended);
-        self.output.forward_t(&expanded, &attended, train)
+    pub fn forward_t(
+        &self,
+        hidden: &Tensor,
+        additive_mask: &Tensor,
+        train: bool,
+        hook: Hook,
+    ) -> Tensor {
+        let attended = self.attention.forward_t(hidden, additive_mask, train, hook);
+        let expanded = self.intermediate.forward(&attended, hook, train);
+        self.output.forward_t(&expanded, &attended, train, hook)
     }
 }
 
@@ -346,7 +439,28 @@ impl BertPooler {
     }
 
     pub fn forward(&self, last_hidden_state: &Tensor) -> Tensor {
-        self.dense.forward(&last_hidden_state.select(1, 0)).tanh()
+        self.forward_hooked(last_hidden_state, None, false)
+    }
+
+    fn forward_hooked(
+        &self,
+        last_hidden_state: &Tensor,
+        adapter: Option<&dyn EncoderAdapter>,
+        train: bool,
+    ) -> Tensor {
+        let cls = last_hidden_state.select(1, 0);
+        adapter
+            .and_then(|a| {
+                a.project(
+                    None,
+                    crate::peft::targets::BERT_POOLER,
+                    &cls,
+                    &self.dense,
+                    train,
+                )
+            })
+            .unwrap_or_else(|| self.dense.forward(&cls))
+            .tanh()
     }
 }
 
@@ -356,6 +470,7 @@ pub struct BertModel {
     pub encoder: BertEncoder,
     pub pooler: Option<BertPooler>,
     pub config: BertConfig,
+    adapter: Option<EncoderPeft>,
 }
 
 /// Inputs of one padded batch. `attention_mask` is 1 for real tokens and 0 for padding;
@@ -375,7 +490,49 @@ impl BertModel {
             encoder: BertEncoder::new(&p / "encoder", config),
             pooler: with_pooler.then(|| BertPooler::new(&p / "pooler", config)),
             config: config.clone(),
+            adapter: None,
         }
+    }
+
+    /// Puts `adapter` on the model (`None` runs the plain model again) and returns the one it had.
+    pub fn set_adapter(&mut self, adapter: Option<EncoderPeft>) -> Option<EncoderPeft> {
+        std::mem::replace(&mut self.adapter, adapter)
+    }
+
+    pub fn adapter(&self) -> Option<&EncoderPeft> {
+        self.adapter.as_ref()
+    }
+
+    /// Every linear layer by its Hugging Face module name (`encoder.layer.0.attention.self.query`,
+    /// ..., `pooler.dense` when the model has a pooler): what adapters can wrap.
+    pub fn linear_modules(&self) -> Vec<(String, &nn::Linear)> {
+        let mut out = vec![];
+        for (i, layer) in self.encoder.layers.iter().enumerate() {
+            let attention = &layer.attention;
+            for (module, linear) in [
+                ("attention.self.query", &attention.self_attention.query),
+                ("attention.self.key", &attention.self_attention.key),
+                ("attention.self.value", &attention.self_attention.value),
+                ("attention.output.dense", &attention.output.dense),
+                ("intermediate.dense", &layer.intermediate.dense),
+                ("output.dense", &layer.output.dense),
+            ] {
+                out.push((crate::peft::targets::bert_path(Some(i), module), linear));
+            }
+        }
+        if let Some(pooler) = &self.pooler {
+            out.push((crate::peft::targets::BERT_POOLER.to_string(), &pooler.dense));
+        }
+        out
+    }
+
+    /// transformers' `pooler_output`, `tanh(dense(h[CLS]))` (with the adapter, if it wraps the
+    /// pooler); `None` for a model without a pooler.
+    pub fn pooler_output_t(&self, last_hidden_state: &Tensor, train: bool) -> Option<Tensor> {
+        let adapter = self.adapter.as_ref().map(|a| a as &dyn EncoderAdapter);
+        self.pooler
+            .as_ref()
+            .map(|p| p.forward_hooked(last_hidden_state, adapter, train))
     }
 
     /// Loads `dir` (config.json + model.safetensors) into a fresh var store on `device`, cast to `kind`.
@@ -411,8 +568,9 @@ impl BertModel {
             .forward_t(input.input_ids, token_type_ids, train);
         let mask = self.additive_mask(input.attention_mask, hidden.kind());
         each(&hidden);
-        for layer in &self.encoder.layers {
-            hidden = layer.forward_t(&hidden, &mask, train);
+        let adapter = self.adapter.as_ref().map(|a| a as &dyn EncoderAdapter);
+        for (i, layer) in self.encoder.layers.iter().enumerate() {
+            hidden = layer.forward_t(&hidden, &mask, train, adapter.map(|a| (a, i)));
             each(&hidden);
         }
         hidden

@@ -313,6 +313,21 @@ pub trait DecoderAdapter: std::fmt::Debug {
     fn project(&self, layer: usize, module: &str, xs: &Tensor, base: &nn::Linear)
         -> Option<Tensor>;
 
+    /// A replacement for the attention or MLP output of layer `layer`, before the residual add
+    /// (where bottleneck adapters sit); `None` keeps it.
+    fn after_sublayer(
+        &self,
+        _layer: usize,
+        _sublayer: crate::peft::Sublayer,
+        _xs: &Tensor,
+    ) -> Option<Tensor> {
+        None
+    }
+}
+
+fn after_sublayer(xs: Tensor, hook: Hook, sublayer: crate::peft::Sublayer) -> Tensor {
+    hook.and_then(|(adapter, layer)| adapter.after_sublayer(layer, sublayer, &xs))
+        .unwrap_or(xs)
 }
 
 type Hook<'a> = Option<(&'a dyn DecoderAdapter, usize)>;
@@ -478,11 +493,12 @@ impl DecoderLayer {
     ) -> Tensor {
         // Residual adds stay out of place: the norms keep `hidden` for their backward pass.
         let attn_in = self.input_layernorm.forward(hidden);
-        let hidden = hidden + self.self_attn.forward(&attn_in, rope, mask, cache, hook);
+        let attn = self.self_attn.forward(&attn_in, rope, mask, cache, hook);
+        let hidden = hidden + after_sublayer(attn, hook, crate::peft::Sublayer::Attention);
         let mlp = self
             .mlp
             .forward_hooked(&self.post_attention_layernorm.forward(&hidden), hook);
-        hidden + mlp
+        hidden + after_sublayer(mlp, hook, crate::peft::Sublayer::FeedForward)
     }
 }
 

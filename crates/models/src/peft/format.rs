@@ -1,47 +1,68 @@
 //! Python PEFT's on-disk format: `adapter_config.json` (the method and its settings, `peft_type`
 //! naming the method) and `adapter_model.safetensors` (adapter weights only, by PEFT key names).
+//! Bottleneck adapters, which PEFT lacks, use the same two files with `"peft_type": "BOTTLENECK"`.
 
-use super::{Ia3Config, LoraConfig, PeftConfig, PrefixAdapter, PromptAdapter};
+use super::{BottleneckAdapter, Ia3Config, LoraConfig, PeftConfig, PrefixAdapter, PromptAdapter};
 use crate::checkpoint::{atomic_write, load_safetensors, save_safetensors};
 use crate::{ModelError, Result};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
-pub fn read_config(dir: &Path) -> Result<PeftConfig> {
+/// The task types an adapter for a decoder may declare (PEFT writes `null` for a bare model).
+pub const DECODER_TASKS: &[&str] = &["CAUSAL_LM"];
+/// ... and for an encoder (`PeftModel` on `AutoModel` writes `null`).
+pub const ENCODER_TASKS: &[&str] = &["FEATURE_EXTRACTION"];
+
+/// `adapter_config.json` as JSON, with its path.
+pub fn read_config_json(dir: &Path) -> Result<(PathBuf, Value)> {
     let path = dir.join(ADAPTER_CONFIG_FILE);
     let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ModelError::format(&path, format!("not JSON: {e}")))?;
+    Ok((path, v))
+}
+
+/// The method and settings of an adapter config whose `task_type` is null or one of `tasks`.
+pub fn parse_config(v: &Value, path: &Path, tasks: &[&str]) -> Result<PeftConfig> {
     if let Some(task) = v.get("task_type").and_then(Value::as_str) {
-        if task != "CAUSAL_LM" {
+        if !tasks.contains(&task) {
             return Err(ModelError::format(
-                &path,
-                format!("task_type `{task}`: only CAUSAL_LM adapters fit a Llama"),
+                path,
+                format!("task_type `{task}`: this model takes adapters for {tasks:?} (or null)"),
             ));
         }
     }
     match v.get("peft_type").and_then(Value::as_str) {
-        Some("LORA") => Ok(PeftConfig::Lora(LoraConfig::from_peft_json(&v, &path)?)),
-        Some("IA3") => Ok(PeftConfig::Ia3(Ia3Config::from_peft_json(&v, &path)?)),
+        Some("LORA") => Ok(PeftConfig::Lora(LoraConfig::from_peft_json(v, path)?)),
+        Some("IA3") => Ok(PeftConfig::Ia3(Ia3Config::from_peft_json(v, path)?)),
         Some("PREFIX_TUNING") => Ok(PeftConfig::PrefixTuning(PrefixAdapter::from_peft_json(
-            &v, &path,
+            v, path,
         )?)),
         Some("PROMPT_TUNING") => Ok(PeftConfig::PromptTuning(PromptAdapter::from_peft_json(
-            &v, &path,
+            v, path,
+        )?)),
+        Some("BOTTLENECK") => Ok(PeftConfig::Bottleneck(BottleneckAdapter::from_peft_json(
+            v, path,
         )?)),
         Some(other) => Err(ModelError::format(
-            &path,
+            path,
             format!(
-                "peft_type `{other}` is not supported (LORA, IA3, PREFIX_TUNING, PROMPT_TUNING)"
+                "peft_type `{other}` is not supported (LORA, IA3, PREFIX_TUNING, PROMPT_TUNING, BOTTLENECK)"
             ),
         )),
-        None => Err(ModelError::format(&path, "`peft_type` is missing")),
+        None => Err(ModelError::format(path, "`peft_type` is missing")),
     }
+}
+
+/// The config of a decoder adapter folder.
+pub fn read_config(dir: &Path) -> Result<PeftConfig> {
+    let (path, v) = read_config_json(dir)?;
+    parse_config(&v, &path, DECODER_TASKS)
 }
 
 pub fn read_weights(dir: &Path, device: Device) -> Result<HashMap<String, Tensor>> {

@@ -1,10 +1,11 @@
 //! IA3: learned rescaling vectors. On attention projections (keys, values) the output is scaled,
 //! `y = l ⊙ (W x)`; on feed-forward modules (`down_proj`) the input is, `y = W (l ⊙ x)`, as in
-//! Python PEFT (`ia3_l` of shape `[out, 1]` or `[1, in]`, initialized to ones).
+//! Python PEFT (`ia3_l` of shape `[out, 1]` or `[1, in]`, initialized to ones). A scaled output
+//! scales the bias too, as PEFT's layer does (BERT's projections have biases, the Llama's do not).
 
-use super::targets::{projection, TargetModules, LLAMA_PROJECTIONS};
+use super::targets::{find_linear, llama_path, AdapterHost, TargetModules};
 use super::{copy_into, peft_key};
-use crate::llama::{DecoderAdapter, Llama};
+use crate::llama::DecoderAdapter;
 use crate::{ModelError, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -72,15 +73,15 @@ struct Ia3Layer {
 pub struct Ia3Adapter {
     pub config: Ia3Config,
     pub var_store: nn::VarStore,
-    layers: HashMap<(usize, &'static str), Ia3Layer>,
+    /// By full module name.
+    layers: HashMap<String, Ia3Layer>,
 }
 
 impl Ia3Adapter {
-    pub fn new(config: Ia3Config, model: &Llama, device: Device) -> Result<Self> {
+    pub fn new<H: AdapterHost>(config: Ia3Config, model: &H, device: Device) -> Result<Self> {
         let var_store = nn::VarStore::new(device);
         let mut layers = HashMap::new();
-        for (layer, module, path) in config.target_modules.select(model)? {
-            let base = projection(model, layer, module).expect("selected projections exist");
+        for (path, base) in config.target_modules.select(model)? {
             let (out_dim, in_dim) = base.ws.size2()?;
             let feedforward = config.feedforward_modules.matches(&path)?;
             let mut p = var_store.root();
@@ -94,7 +95,7 @@ impl Ia3Adapter {
             };
             let scale = p.var("ia3_l", &shape, nn::Init::Const(1.0));
             layers.insert(
-                (layer, module),
+                path.clone(),
                 Ia3Layer {
                     path,
                     scale,
@@ -126,16 +127,40 @@ impl Ia3Adapter {
         super::format::reject_unused(tensors, &used, file)
     }
 
-    /// Folds the scales into the weights: columns of W for feed-forward modules, rows otherwise.
-    pub fn merge_into(&self, model: &Llama) -> Result<()> {
+    /// Folds the scales into the weights: columns of W for feed-forward modules, rows (and the
+    /// bias) otherwise.
+    pub fn merge_into<H: AdapterHost>(&self, model: &H) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
-            for (&(layer, module), l) in &self.layers {
-                let base = projection(model, layer, module)
+            for l in self.layers.values() {
+                let base = find_linear(model, &l.path)
                     .ok_or_else(|| ModelError::Invalid(format!("the model has no {}", l.path)))?;
                 let mut w = base.ws.shallow_clone();
                 let _scaled = w.f_mul_(&l.scale.to_kind(w.kind()).to_device(w.device()))?;
+                if let (false, Some(bias)) = (l.feedforward, &base.bs) {
+                    let mut b = bias.shallow_clone();
+                    let scale = l
+                        .scale
+                        .flatten(0, -1)
+                        .to_kind(b.kind())
+                        .to_device(b.device());
+                    let _scaled = b.f_mul_(&scale)?;
+                }
             }
             Ok(())
+        })
+    }
+}
+
+impl Ia3Adapter {
+    /// The rescaled output of module `path`; `None` when the adapter does not wrap it.
+    pub fn forward_module(&self, path: &str, xs: &Tensor, base: &nn::Linear) -> Option<Tensor> {
+        let l = self.layers.get(path)?;
+        let scale = l.scale.flatten(0, -1);
+        Some(if l.feedforward {
+            base.forward(&(xs.to_kind(Kind::Float) * scale).to_kind(xs.kind()))
+        } else {
+            let out = base.forward(xs);
+            (out.to_kind(Kind::Float) * scale).to_kind(xs.kind())
         })
     }
 }
@@ -148,14 +173,6 @@ impl DecoderAdapter for Ia3Adapter {
         xs: &Tensor,
         base: &nn::Linear,
     ) -> Option<Tensor> {
-        let key = LLAMA_PROJECTIONS.iter().find(|m| **m == module)?;
-        let l = self.layers.get(&(layer, *key))?;
-        let scale = l.scale.flatten(0, -1);
-        Some(if l.feedforward {
-            base.forward(&(xs.to_kind(Kind::Float) * scale).to_kind(xs.kind()))
-        } else {
-            let out = base.forward(xs);
-            (out.to_kind(Kind::Float) * scale).to_kind(xs.kind())
-        })
+        self.forward_module(&llama_path(layer, module), xs, base)
     }
 }

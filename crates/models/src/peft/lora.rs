@@ -3,9 +3,9 @@
 //! the adapted weight to it, `m · (W + s B A) / ‖W + s B A‖`, the norm treated as a constant in
 //! the backward pass as the paper and Python PEFT do.
 
-use super::targets::{projection, TargetModules};
+use super::targets::{find_linear, llama_path, AdapterHost, TargetModules};
 use super::{copy_into, peft_key};
-use crate::llama::{DecoderAdapter, Llama};
+use crate::llama::DecoderAdapter;
 use crate::{ModelError, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -48,7 +48,8 @@ impl LoraConfig {
         }
     }
 
-    /// `adapter_config.json` as Python PEFT writes it for a causal LM.
+    /// `adapter_config.json` as Python PEFT writes it for a causal LM (encoders replace the
+    /// task type).
     pub fn to_peft_json(&self) -> Value {
         json!({
             "peft_type": "LORA",
@@ -90,7 +91,7 @@ impl LoraConfig {
         }
         if v.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
             return Err(bad(
-                "fan_in_fan_out is not supported (Llama projections are [out, in])".into(),
+                "fan_in_fan_out is not supported (Llama and BERT projections are [out, in])".into(),
             ));
         }
         let target_modules =
@@ -124,14 +125,15 @@ struct LoraLayer {
 pub struct LoraAdapter {
     pub config: LoraConfig,
     pub var_store: nn::VarStore,
-    layers: HashMap<(usize, &'static str), LoraLayer>,
+    /// By full module name (`model.layers.0.self_attn.q_proj`, `encoder.layer.0.attention.self.query`).
+    layers: HashMap<String, LoraLayer>,
     training: AtomicBool,
 }
 
 impl LoraAdapter {
     /// A = Kaiming-uniform (as `nn.Linear`), B = 0, DoRA magnitude = row norms of W: the
     /// adapted model starts equal to the base.
-    pub fn new(config: LoraConfig, model: &Llama, device: Device) -> Result<Self> {
+    pub fn new<H: AdapterHost>(config: LoraConfig, model: &H, device: Device) -> Result<Self> {
         if config.r <= 0 {
             return Err(ModelError::Invalid(format!(
                 "LoRA rank r = {}, expected > 0",
@@ -146,8 +148,7 @@ impl LoraAdapter {
         }
         let var_store = nn::VarStore::new(device);
         let mut layers = HashMap::new();
-        for (layer, module, path) in config.target_modules.select(model)? {
-            let base = projection(model, layer, module).expect("selected projections exist");
+        for (path, base) in config.target_modules.select(model)? {
             let (out_dim, in_dim) = base.ws.size2()?;
             let mut p = var_store.root();
             for part in path.split('.') {
@@ -173,7 +174,7 @@ impl LoraAdapter {
                 (&p / "lora_magnitude_vector").var_copy("weight", &norms)
             });
             layers.insert(
-                (layer, module),
+                path.clone(),
                 LoraLayer {
                     path,
                     a,
@@ -240,10 +241,10 @@ impl LoraAdapter {
 
     /// Folds the adapter into the base weights (`merge_and_unload`): afterwards the plain model
     /// computes what base + adapter computed. Detach the adapter from the model before using it.
-    pub fn merge_into(&self, model: &Llama) -> Result<()> {
+    pub fn merge_into<H: AdapterHost>(&self, model: &H) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
-            for (&(layer, module), l) in &self.layers {
-                let base = projection(model, layer, module)
+            for l in self.layers.values() {
+                let base = find_linear(model, &l.path)
                     .ok_or_else(|| ModelError::Invalid(format!("the model has no {}", l.path)))?;
                 let delta = self.delta(l, &base.ws);
                 let mut w = base.ws.shallow_clone();
@@ -254,21 +255,20 @@ impl LoraAdapter {
     }
 }
 
-impl DecoderAdapter for LoraAdapter {
-    fn project(
+impl LoraAdapter {
+    /// `base(x)` plus the adapter's contribution for module `path`; `None` when the adapter does
+    /// not wrap that module. Dropout applies when `training`.
+    pub fn forward_module(
         &self,
-        layer: usize,
-        module: &str,
+        path: &str,
         xs: &Tensor,
         base: &nn::Linear,
+        training: bool,
     ) -> Option<Tensor> {
-        let key = crate::peft::targets::LLAMA_PROJECTIONS
-            .iter()
-            .find(|m| **m == module)?;
-        let l = self.layers.get(&(layer, *key))?;
+        let l = self.layers.get(path)?;
         let out = base.forward(xs);
-        let training = self.training.load(Ordering::Relaxed);
-        let dropped = if training && self.config.lora_dropout > 0.0 {
+        let dropout = training && self.config.lora_dropout > 0.0;
+        let dropped = if dropout {
             xs.dropout(self.config.lora_dropout, true)
         } else {
             xs.shallow_clone()
@@ -283,14 +283,31 @@ impl DecoderAdapter for LoraAdapter {
                 let lora_w = l.b.matmul(&l.a).detach() * self.config.scaling();
                 let norm = (w + lora_w).norm_scalaropt_dim(2.0, [1], false).detach();
                 let scale = (m / norm).view([1, -1]);
-                let base_dropped = if training && self.config.lora_dropout > 0.0 {
-                    base.forward(&dropped)
+                // PEFT rescales the base output without its bias (the bias is not part of W).
+                let base_no_bias = if dropout {
+                    dropped.linear::<Tensor>(&base.ws, None)
                 } else {
-                    out.shallow_clone()
+                    match &base.bs {
+                        Some(bias) => &out - bias,
+                        None => out.shallow_clone(),
+                    }
                 };
-                let extra = (&scale - 1.0) * base_dropped.to_kind(Kind::Float) + scale * lora;
+                let extra = (&scale - 1.0) * base_no_bias.to_kind(Kind::Float) + scale * lora;
                 out + extra.to_kind(xs.kind())
             }
         })
+    }
+}
+
+impl DecoderAdapter for LoraAdapter {
+    fn project(
+        &self,
+        layer: usize,
+        module: &str,
+        xs: &Tensor,
+        base: &nn::Linear,
+    ) -> Option<Tensor> {
+        let training = self.training.load(Ordering::Relaxed);
+        self.forward_module(&llama_path(layer, module), xs, base, training)
     }
 }

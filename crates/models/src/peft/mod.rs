@@ -1,13 +1,18 @@
-//! Parameter-efficient fine-tuning of the Llama decoder: LoRA (with rsLoRA and DoRA), IA3,
-//! prefix tuning and prompt tuning, saved and loaded in Hugging Face PEFT's format
+//! Parameter-efficient fine-tuning of the Llama decoder and the BERT encoder: LoRA (with rsLoRA
+//! and DoRA), IA3, bottleneck adapters (Houlsby or Pfeiffer placement), and, on the decoder,
+//! prefix tuning and prompt tuning; saved and loaded in Hugging Face PEFT's format
 //! (`adapter_config.json` + `adapter_model.safetensors`, keys such as
-//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`).
+//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` for the Llama and
+//! `base_model.model.encoder.layer.0.attention.self.query.lora_A.weight` for BERT's `AutoModel`).
 //!
 //! Every adapter keeps its variables in a `VarStore` of its own, so the base model's store can be
-//! frozen and the optimizer sees adapter variables only. LoRA and IA3 act through the Llama's
-//! [`DecoderAdapter`](crate::llama::DecoderAdapter) hook; prefix tuning fills the KV cache before
-//! the real tokens; prompt tuning prepends learned input embeddings.
+//! frozen and the optimizer sees adapter variables only. LoRA, IA3 and bottleneck adapters act
+//! through the Llama's [`DecoderAdapter`](crate::llama::DecoderAdapter) hook ([`Peft`]) or BERT's
+//! [`EncoderAdapter`](crate::bert::EncoderAdapter) hook ([`EncoderPeft`]); prefix tuning fills the
+//! KV cache before the real tokens; prompt tuning prepends learned input embeddings.
 
+pub mod bottleneck;
+pub mod encoder;
 pub mod format;
 pub mod ia3;
 pub mod lora;
@@ -22,6 +27,8 @@ use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+pub use bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckHost, Placement, Sublayer};
+pub use encoder::EncoderPeft;
 pub use format::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use ia3::{Ia3Adapter, Ia3Config};
 pub use lora::{LoraAdapter, LoraConfig};
@@ -36,6 +43,7 @@ pub enum PeftConfig {
     Ia3(Ia3Config),
     PrefixTuning(PrefixConfig),
     PromptTuning(PromptConfig),
+    Bottleneck(BottleneckConfig),
 }
 
 /// One adapter on a Llama.
@@ -45,6 +53,7 @@ pub enum Peft {
     Ia3(Rc<Ia3Adapter>),
     Prefix(Rc<PrefixAdapter>),
     Prompt(Rc<PromptAdapter>),
+    Bottleneck(Rc<BottleneckAdapter>),
 }
 
 impl Peft {
@@ -70,12 +79,21 @@ impl Peft {
                 device,
                 init_text_ids,
             )?)),
+            PeftConfig::Bottleneck(c) => Peft::Bottleneck(Rc::new(BottleneckAdapter::new(
+                c.clone(),
+                BottleneckHost::llama(&model.config),
+                device,
+            )?)),
         })
     }
 
     /// Reads an adapter folder written by ragtune or by Python PEFT.
     pub fn load(dir: &Path, model: &Llama, device: Device) -> Result<Self> {
-        let config = format::read_config(dir)?;
+        let (path, json) = format::read_config_json(dir)?;
+        let config = format::parse_config(&json, &path, format::DECODER_TASKS)?;
+        if let PeftConfig::Bottleneck(_) = config {
+            BottleneckAdapter::check_host(&json, &BottleneckHost::llama(&model.config), &path)?;
+        }
         let adapter = Peft::new(&config, model, device, None)?;
         let tensors = format::read_weights(dir, device)?;
         let weights = dir.join(ADAPTER_WEIGHTS_FILE);
@@ -84,6 +102,7 @@ impl Peft {
             Peft::Ia3(a) => a.load_peft_tensors(&tensors, &weights)?,
             Peft::Prefix(a) => a.load_peft_tensors(&tensors, &weights)?,
             Peft::Prompt(a) => a.load_peft_tensors(&tensors, &weights)?,
+            Peft::Bottleneck(a) => a.load_peft_tensors(&tensors, &weights)?,
         }
         Ok(adapter)
     }
@@ -96,6 +115,11 @@ impl Peft {
             Peft::Ia3(a) => (a.config.to_peft_json(), a.peft_tensors()),
             Peft::Prefix(a) => (a.to_peft_json(), a.peft_tensors()),
             Peft::Prompt(a) => (a.to_peft_json(), a.peft_tensors()),
+            Peft::Bottleneck(a) => {
+                let mut json = a.to_peft_json();
+                json["task_type"] = "CAUSAL_LM".into();
+                (json, a.peft_tensors())
+            }
         };
         format::write(dir, &config, &tensors)
     }
@@ -106,6 +130,7 @@ impl Peft {
             Peft::Ia3(a) => &a.var_store,
             Peft::Prefix(a) => &a.var_store,
             Peft::Prompt(a) => &a.var_store,
+            Peft::Bottleneck(a) => &a.var_store,
         }
     }
 
@@ -131,9 +156,9 @@ impl Peft {
         match self {
             Peft::Lora(a) => a.merge_into(model)?,
             Peft::Ia3(a) => a.merge_into(model)?,
-            Peft::Prefix(_) | Peft::Prompt(_) => {
+            Peft::Prefix(_) | Peft::Prompt(_) | Peft::Bottleneck(_) => {
                 return Err(ModelError::Unsupported(
-                    "merging prefix or prompt tuning into the weights (only LoRA and IA3 merge)"
+                    "merging prefix tuning, prompt tuning or bottleneck adapters into the weights (only LoRA and IA3 merge)"
                         .into(),
                 ))
             }
@@ -142,12 +167,14 @@ impl Peft {
         Ok(())
     }
 
-    /// Puts the adapter on `model` (LoRA and IA3 hook into its projections; prefix and prompt
-    /// tuning act through [`forward_hidden`] and leave the model as it is).
+    /// Puts the adapter on `model` (LoRA and IA3 hook into its projections, bottleneck adapters
+    /// into its sublayer outputs; prefix and prompt tuning act through [`forward_hidden`] and
+    /// leave the model as it is).
     pub fn attach(&self, model: &mut Llama) {
         match self {
             Peft::Lora(a) => model.set_adapter(Some(a.clone())),
             Peft::Ia3(a) => model.set_adapter(Some(a.clone())),
+            Peft::Bottleneck(a) => model.set_adapter(Some(a.clone())),
             Peft::Prefix(_) | Peft::Prompt(_) => model.set_adapter(None),
         }
     }

@@ -1,11 +1,14 @@
 //! Which projections an adapter wraps, chosen as Python PEFT chooses them: a list of names matches
 //! a module whose full name equals a name or ends with `.name`; a single string is a regular
-//! expression that must match the whole module name (`model.layers.3.self_attn.q_proj`);
-//! `"all-linear"` takes every projection of the decoder layers (never the LM head).
+//! expression that must match the whole module name (`model.layers.3.self_attn.q_proj`,
+//! `encoder.layer.0.attention.self.query`); `"all-linear"` takes every linear layer of the model
+//! that is not an output head (the Llama's LM head is never wrapped; BERT's pooler is, as PEFT does).
 
+use crate::bert::BertModel;
 use crate::llama::Llama;
 use crate::{ModelError, Result};
 use serde::{Deserialize, Serialize};
+use tch::nn;
 
 /// The projections of one decoder layer, by their Hugging Face names.
 pub const LLAMA_PROJECTIONS: [&str; 7] = [
@@ -17,6 +20,69 @@ pub const LLAMA_PROJECTIONS: [&str; 7] = [
     "mlp.up_proj",
     "mlp.down_proj",
 ];
+
+/// The linear layers of one BERT layer, by their Hugging Face names (relative to `encoder.layer.N`).
+pub const BERT_PROJECTIONS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+/// BERT's pooler, outside the layer stack. Python's `AutoModel` always builds one, so PEFT wraps it
+/// whenever the targets match `pooler.dense` (`"dense"`, `"all-linear"`).
+pub const BERT_POOLER: &str = "pooler.dense";
+
+/// A model whose linear layers adapters can wrap, each named as in Hugging Face (the names PEFT
+/// matches targets against and writes its keys under).
+pub trait AdapterHost {
+    /// Every wrappable linear layer: `(full module name, layer)`, in model order.
+    fn linear_modules(&self) -> Vec<(String, &nn::Linear)>;
+    /// An example module name, for error messages.
+    fn example_module(&self) -> &'static str;
+}
+
+impl AdapterHost for Llama {
+    fn linear_modules(&self) -> Vec<(String, &nn::Linear)> {
+        let mut out = vec![];
+        for layer in 0..self.layers.len() {
+            for module in LLAMA_PROJECTIONS {
+                let linear = projection(self, layer, module).expect("Llama projections exist");
+                out.push((llama_path(layer, module), linear));
+            }
+        }
+        out
+    }
+
+    fn example_module(&self) -> &'static str {
+        "model.layers.0.self_attn.q_proj"
+    }
+}
+
+impl AdapterHost for BertModel {
+    fn linear_modules(&self) -> Vec<(String, &nn::Linear)> {
+        self.linear_modules()
+    }
+
+    fn example_module(&self) -> &'static str {
+        "encoder.layer.0.attention.self.query"
+    }
+}
+
+/// `model.layers.{layer}.{module}`.
+pub fn llama_path(layer: usize, module: &str) -> String {
+    format!("model.layers.{layer}.{module}")
+}
+
+/// `encoder.layer.{layer}.{module}`, or `module` itself for modules outside the stack (the pooler).
+pub fn bert_path(layer: Option<usize>, module: &str) -> String {
+    match layer {
+        Some(i) => format!("encoder.layer.{i}.{module}"),
+        None => module.to_string(),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -40,21 +106,22 @@ impl TargetModules {
         })
     }
 
-    /// `(layer, module, full name)` of every projection of `model` these targets select; an error
-    /// when there is none, since an adapter that wraps nothing trains nothing.
-    pub fn select(&self, model: &Llama) -> Result<Vec<(usize, &'static str, String)>> {
+    /// `(full name, layer)` of every linear layer of `model` these targets select; an error when
+    /// there is none, since an adapter that wraps nothing trains nothing.
+    pub fn select<'a, H: AdapterHost>(
+        &self,
+        model: &'a H,
+    ) -> Result<Vec<(String, &'a nn::Linear)>> {
         let mut out = vec![];
-        for layer in 0..model.layers.len() {
-            for module in LLAMA_PROJECTIONS {
-                let path = format!("model.layers.{layer}.{module}");
-                if self.matches(&path)? {
-                    out.push((layer, module, path));
-                }
+        for (path, linear) in model.linear_modules() {
+            if self.matches(&path)? {
+                out.push((path, linear));
             }
         }
         if out.is_empty() {
             return Err(ModelError::Invalid(format!(
-                "target_modules {self:?} match no projection of the Llama (names look like model.layers.0.self_attn.q_proj)"
+                "target_modules {self:?} match no linear layer of the model (names look like {})",
+                model.example_module()
             )));
         }
         Ok(out)
@@ -68,8 +135,17 @@ impl TargetModules {
     }
 }
 
+/// The linear layer of `model` named `path`.
+pub fn find_linear<'a, H: AdapterHost>(model: &'a H, path: &str) -> Option<&'a nn::Linear> {
+    model
+        .linear_modules()
+        .into_iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, l)| l)
+}
+
 /// The `nn::Linear` of projection `module` in layer `layer`.
-pub fn projection<'a>(model: &'a Llama, layer: usize, module: &str) -> Option<&'a tch::nn::Linear> {
+pub fn projection<'a>(model: &'a Llama, layer: usize, module: &str) -> Option<&'a nn::Linear> {
     let l = model.layers.get(layer)?;
     Some(match module {
         "self_attn.q_proj" => &l.self_attn.q_proj,
