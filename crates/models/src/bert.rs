@@ -120,13 +120,15 @@ pub trait EncoderAdapter: std::fmt::Debug {
         train: bool,
     ) -> Option<Tensor>;
 
-    /// A replacement for a sublayer's output (after its projection and dropout, before the
-    /// residual add and layer norm): where bottleneck adapters sit.
+    /// A replacement for a sublayer's output `xs` (after its projection and dropout, before the
+    /// residual add and layer norm): where bottleneck adapters sit. `add_and_norm(h)` is what
+    /// the layer computes next from it, `LayerNorm(h + residual)`.
     fn after_sublayer(
         &self,
         _layer: usize,
         _sublayer: Sublayer,
         _xs: &Tensor,
+        _add_and_norm: &dyn Fn(&Tensor) -> Tensor,
         _train: bool,
     ) -> Option<Tensor> {
         None
@@ -141,9 +143,20 @@ fn project(base: &nn::Linear, xs: &Tensor, hook: Hook, module: &str, train: bool
         .unwrap_or_else(|| base.forward(xs))
 }
 
-fn after_sublayer(xs: Tensor, hook: Hook, sublayer: Sublayer, train: bool) -> Tensor {
-    hook.and_then(|(adapter, layer)| adapter.after_sublayer(layer, sublayer, &xs, train))
-        .unwrap_or(xs)
+/// `LayerNorm(xs + residual)`, with the adapter's sublayer hook on `xs` first.
+fn add_and_norm(
+    xs: Tensor,
+    residual: &Tensor,
+    layer_norm: &nn::LayerNorm,
+    hook: Hook,
+    sublayer: Sublayer,
+    train: bool,
+) -> Tensor {
+    let add_norm = |h: &Tensor| layer_norm.forward(&(h + residual));
+    let xs = hook
+        .and_then(|(adapter, layer)| adapter.after_sublayer(layer, sublayer, &xs, &add_norm, train))
+        .unwrap_or(xs);
+    add_norm(&xs)
 }
 
 fn layer_norm(p: nn::Path, config: &BertConfig) -> nn::LayerNorm {
@@ -286,8 +299,14 @@ impl BertSelfOutput {
     pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool, hook: Hook) -> Tensor {
         let projected = project(&self.dense, hidden, hook, "attention.output.dense", train)
             .dropout(self.dropout, train);
-        let projected = after_sublayer(projected, hook, Sublayer::Attention, train);
-        self.layer_norm.forward(&(projected + residual))
+        add_and_norm(
+            projected,
+            residual,
+            &self.layer_norm,
+            hook,
+            Sublayer::Attention,
+            train,
+        )
     }
 }
 
@@ -375,8 +394,14 @@ impl BertOutput {
     pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool, hook: Hook) -> Tensor {
         let projected =
             project(&self.dense, hidden, hook, "output.dense", train).dropout(self.dropout, train);
-        let projected = after_sublayer(projected, hook, Sublayer::FeedForward, train);
-        self.layer_norm.forward(&(projected + residual))
+        add_and_norm(
+            projected,
+            residual,
+            &self.layer_norm,
+            hook,
+            Sublayer::FeedForward,
+            train,
+        )
     }
 }
 

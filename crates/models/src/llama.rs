@@ -313,21 +313,32 @@ pub trait DecoderAdapter: std::fmt::Debug {
     fn project(&self, layer: usize, module: &str, xs: &Tensor, base: &nn::Linear)
         -> Option<Tensor>;
 
-    /// A replacement for the attention or MLP output of layer `layer`, before the residual add
-    /// (where bottleneck adapters sit); `None` keeps it.
+    /// A replacement for the attention or MLP output `xs` of layer `layer`, before the residual
+    /// add (where bottleneck adapters sit); `None` keeps it. `residual_add(h)` is what the layer
+    /// computes next from it (`h` plus the residual stream).
     fn after_sublayer(
         &self,
         _layer: usize,
         _sublayer: crate::peft::Sublayer,
         _xs: &Tensor,
+        _residual_add: &dyn Fn(&Tensor) -> Tensor,
     ) -> Option<Tensor> {
         None
     }
 }
 
-fn after_sublayer(xs: Tensor, hook: Hook, sublayer: crate::peft::Sublayer) -> Tensor {
-    hook.and_then(|(adapter, layer)| adapter.after_sublayer(layer, sublayer, &xs))
-        .unwrap_or(xs)
+/// `residual + xs`, with the adapter's sublayer hook on `xs` first.
+fn add_residual(
+    xs: Tensor,
+    residual: &Tensor,
+    hook: Hook,
+    sublayer: crate::peft::Sublayer,
+) -> Tensor {
+    let add = |h: &Tensor| residual + h;
+    let xs = hook
+        .and_then(|(adapter, layer)| adapter.after_sublayer(layer, sublayer, &xs, &add))
+        .unwrap_or(xs);
+    add(&xs)
 }
 
 type Hook<'a> = Option<(&'a dyn DecoderAdapter, usize)>;
@@ -494,11 +505,11 @@ impl DecoderLayer {
         // Residual adds stay out of place: the norms keep `hidden` for their backward pass.
         let attn_in = self.input_layernorm.forward(hidden);
         let attn = self.self_attn.forward(&attn_in, rope, mask, cache, hook);
-        let hidden = hidden + after_sublayer(attn, hook, crate::peft::Sublayer::Attention);
+        let hidden = add_residual(attn, hidden, hook, crate::peft::Sublayer::Attention);
         let mlp = self
             .mlp
             .forward_hooked(&self.post_attention_layernorm.forward(&hidden), hook);
-        hidden + after_sublayer(mlp, hook, crate::peft::Sublayer::FeedForward)
+        add_residual(mlp, &hidden, hook, crate::peft::Sublayer::FeedForward)
     }
 }
 

@@ -1,17 +1,21 @@
-//! Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2021): a small residual MLP,
-//! `h + up(f(down(h)))`, on a sublayer's output before the model's own residual add (and, in BERT,
-//! its layer norm). Houlsby placement puts one after attention and one after the feed-forward
-//! block; Pfeiffer placement only after the feed-forward block. The down-projection is initialized
-//! as `nn.Linear` is and the up-projection at zero, so a fresh adapter leaves the model unchanged.
+//! Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2021): a small MLP with a
+//! residual, `h + up(f(down(a)))`, on a sublayer's output `h` before the model's own residual add
+//! (and, in BERT, its layer norm). Houlsby placement puts one after attention and one after the
+//! feed-forward block; Pfeiffer placement only after the feed-forward block.
 //!
-//! The defaults follow AdapterHub's `adapters` library (`DoubleSeqBnConfig` = Houlsby: swish;
-//! `SeqBnConfig` = Pfeiffer: ReLU; reduction factor 16). Unlike AdapterHub's Pfeiffer config, the
-//! original layer norm is not applied a second time in front of the adapter
-//! (`original_ln_before`), which would change the model before any training.
+//! The semantics are AdapterHub's (`adapters` 1.3: `DoubleSeqBnConfig` = Houlsby, `SeqBnConfig` =
+//! Pfeiffer, both with `residual_before_ln = True`): the adapter's residual is the sublayer output
+//! `h`; its input `a` is `h` itself for Houlsby, and for Pfeiffer (`original_ln_before = True`)
+//! what the layer would compute next from `h` (BERT: `LayerNorm(h + x)`, the Llama: `h + x`),
+//! after which the layer still adds and normalizes as usual. Defaults as there: swish for
+//! Houlsby, ReLU for Pfeiffer, reduction factor 16. Initialization is AdapterHub's
+//! `init_weights = "mam_adapter"`: Kaiming-uniform down-projection with zero bias, zero
+//! up-projection, so a fresh adapter leaves the model unchanged. (A parity test against
+//! `adapters` is not possible here: it requires transformers 4.57.)
 //!
 //! PEFT has no bottleneck adapters, so the files are ragtune's own, in PEFT's layout:
 //! `adapter_config.json` with `"peft_type": "BOTTLENECK"` (plus `placement`, `bottleneck_size`,
-//! `non_linearity`, `hidden_size`, `num_layers`) and `adapter_model.safetensors` with
+//! `non_linearity`, `original_ln_before`, `hidden_size`, `num_layers`) and `adapter_model.safetensors` with
 //! `base_model.model.<sublayer>.bottleneck.adapter_{down,up}.{weight,bias}`, where `<sublayer>` is
 //! `encoder.layer.N.attention.output` / `encoder.layer.N.output` for BERT and
 //! `model.layers.N.self_attn` / `model.layers.N.mlp` for the Llama. Python PEFT cannot load them.
@@ -79,6 +83,10 @@ pub struct BottleneckConfig {
     /// Swish for Houlsby and ReLU for Pfeiffer when unset, as in AdapterHub.
     #[serde(default)]
     pub non_linearity: Option<NonLinearity>,
+    /// Feed the adapter what the layer computes next from the sublayer output (AdapterHub's
+    /// `original_ln_before`); true for Pfeiffer and false for Houlsby when unset.
+    #[serde(default)]
+    pub original_ln_before: Option<bool>,
 }
 
 fn default_reduction() -> i64 {
@@ -110,6 +118,11 @@ impl BottleneckConfig {
             Placement::Houlsby => NonLinearity::Swish,
             Placement::Pfeiffer => NonLinearity::Relu,
         })
+    }
+
+    pub fn ln_before(&self) -> bool {
+        self.original_ln_before
+            .unwrap_or(self.placement == Placement::Pfeiffer)
     }
 
     pub fn sublayers(&self) -> &'static [Sublayer] {
@@ -187,6 +200,10 @@ impl BottleneckAdapter {
             bs_init: Some(nn::Init::Const(0.0)),
             bias: true,
         };
+        let kaiming = nn::LinearConfig {
+            bs_init: Some(nn::Init::Const(0.0)),
+            ..Default::default()
+        };
         for layer in 0..host.num_layers {
             for &sublayer in config.sublayers() {
                 let path = format!("{}.bottleneck", (host.sublayer_path)(layer, sublayer));
@@ -194,12 +211,7 @@ impl BottleneckAdapter {
                 for part in path.split('.') {
                     p = &p / part;
                 }
-                let down = nn::linear(
-                    &p / "adapter_down",
-                    host.hidden_size,
-                    size,
-                    Default::default(),
-                );
+                let down = nn::linear(&p / "adapter_down", host.hidden_size, size, kaiming);
                 let up = nn::linear(&p / "adapter_up", size, host.hidden_size, zero);
                 blocks.insert(key(layer, sublayer), Block { path, down, up });
             }
@@ -214,15 +226,23 @@ impl BottleneckAdapter {
         })
     }
 
-    /// `xs + up(f(down(xs)))` for the adapter at (`layer`, `sublayer`); `None` where there is none.
+    /// `xs + up(f(down(a)))` for the adapter at (`layer`, `sublayer`), `a` being `xs` or, with
+    /// `original_ln_before`, `next(xs)` (the layer's own residual add and norm); `None` where there
+    /// is no adapter.
     pub fn forward_sublayer(
         &self,
         layer: usize,
         sublayer: Sublayer,
         xs: &Tensor,
+        next: &dyn Fn(&Tensor) -> Tensor,
     ) -> Option<Tensor> {
         let block = self.blocks.get(&key(layer, sublayer))?;
-        let x = xs.to_kind(block.down.ws.kind());
+        let input = if self.config.ln_before() {
+            next(xs)
+        } else {
+            xs.shallow_clone()
+        };
+        let x = input.to_kind(block.down.ws.kind());
         let delta = block
             .up
             .forward(&self.activation.apply(&block.down.forward(&x)));
@@ -240,6 +260,7 @@ impl BottleneckAdapter {
             "bottleneck_size": self.size,
             "reduction_factor": self.config.reduction_factor,
             "non_linearity": self.activation,
+            "original_ln_before": self.config.ln_before(),
             "hidden_size": self.host.hidden_size,
             "num_layers": self.host.num_layers,
         })
@@ -265,6 +286,7 @@ impl BottleneckAdapter {
             bottleneck_size: Some(size),
             non_linearity: serde_json::from_value(field("non_linearity"))
                 .map_err(|e| bad("non_linearity", e))?,
+            original_ln_before: v.get("original_ln_before").and_then(Value::as_bool),
         })
     }
 
@@ -327,7 +349,13 @@ impl crate::llama::DecoderAdapter for BottleneckAdapter {
         None
     }
 
-    fn after_sublayer(&self, layer: usize, sublayer: Sublayer, xs: &Tensor) -> Option<Tensor> {
-        self.forward_sublayer(layer, sublayer, xs)
+    fn after_sublayer(
+        &self,
+        layer: usize,
+        sublayer: Sublayer,
+        xs: &Tensor,
+        residual_add: &dyn Fn(&Tensor) -> Tensor,
+    ) -> Option<Tensor> {
+        self.forward_sublayer(layer, sublayer, xs, residual_add)
     }
 }

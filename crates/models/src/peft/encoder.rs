@@ -146,10 +146,11 @@ impl EncoderAdapter for EncoderPeft {
         layer: usize,
         sublayer: Sublayer,
         xs: &Tensor,
+        add_and_norm: &dyn Fn(&Tensor) -> Tensor,
         _train: bool,
     ) -> Option<Tensor> {
         match self {
-            EncoderPeft::Bottleneck(a) => a.forward_sublayer(layer, sublayer, xs),
+            EncoderPeft::Bottleneck(a) => a.forward_sublayer(layer, sublayer, xs, add_and_norm),
             _ => None,
         }
     }
