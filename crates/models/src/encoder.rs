@@ -116,6 +116,10 @@ impl SentenceEncoder {
     pub fn model(&self) -> &BertModel {
         &self.model
     }
+    /// For putting a PEFT adapter on the encoder ([`BertModel::set_adapter`]).
+    pub fn model_mut(&mut self) -> &mut BertModel {
+        &mut self.model
+    }
     pub fn tokenizer(&self) -> &BertTokenizer {
         &self.tokenizer
     }

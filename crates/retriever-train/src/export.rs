@@ -5,13 +5,20 @@
 //!
 //! The module files are written from the encoder's actual pooling and maximum length (DPR's [CLS]
 //! pooling differs from its base's, and a plain BERT base has no module files at all).
+//!
+//! An encoder that carries a PEFT adapter ([`crate::adapters`]) is written merged (the adapter
+//! folded into the weights, the model itself untouched), and the adapter goes, in PEFT's format,
+//! to `adapter/` inside the folder.
 
+use crate::adapters::{is_adapter_variable, ADAPTER_DIR};
 use crate::{Result, RetrieverError};
-use ragtune_models::checkpoint::atomic_write;
+use ragtune_models::checkpoint::{atomic_write, save_safetensors};
 use ragtune_models::encoder::SentenceEncoder;
 use ragtune_models::pooling::PoolingMode;
 use serde_json::json;
+use std::collections::HashMap;
 use std::path::Path;
+use tch::Kind;
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
@@ -21,6 +28,9 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 /// Saves `encoder` as a sentence-transformers folder at `dir`.
 pub fn save_sentence_transformers(encoder: &SentenceEncoder, dir: &Path) -> Result<()> {
     encoder.save_pretrained(dir)?;
+    if encoder.model().adapter().is_some() {
+        save_merged(encoder, dir)?;
+    }
     let pooling = encoder.pooling();
     let mode = |m: PoolingMode| pooling.modes.contains(&m);
     if pooling.modes.is_empty() {
@@ -59,5 +69,36 @@ pub fn save_sentence_transformers(encoder: &SentenceEncoder, dir: &Path) -> Resu
         &dir.join("sentence_bert_config.json"),
         &json!({"max_seq_length": encoder.max_length(), "do_lower_case": false}),
     )?;
+    Ok(())
+}
+
+/// Replaces the `model.safetensors` that `save_pretrained` wrote (base plus `peft.` variables) by
+/// the merged base weights, and writes the adapter to `dir/adapter`.
+fn save_merged(encoder: &SentenceEncoder, dir: &Path) -> Result<()> {
+    let adapter = encoder
+        .model()
+        .adapter()
+        .expect("called for encoders with an adapter");
+    let merged: HashMap<String, tch::Tensor> = adapter
+        .merged_weights(encoder.model())?
+        .into_iter()
+        .collect();
+    let mut tensors: Vec<(String, tch::Tensor)> = encoder
+        .var_store()
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| !is_adapter_variable(name))
+        .map(|(name, t)| {
+            let t = merged
+                .get(&name)
+                .unwrap_or(&t)
+                .detach()
+                .to_kind(Kind::Float);
+            (name, t)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    save_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    adapter.save(&dir.join(ADAPTER_DIR))?;
     Ok(())
 }

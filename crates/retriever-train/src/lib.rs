@@ -4,8 +4,10 @@
 //! - [`gradcache`]: large contrastive batches in bounded memory.
 //! - [`index`]: exact and HNSW search; [`mining`]: hard negatives with false-negative filters.
 //! - [`model`]: DPR / Contriever / sentence-transformers bi-encoders; [`export`]: sentence-transformers folders.
+//! - [`adapters`]: LoRA/IA3 on the towers (`[model.peft]`), exported in PEFT's format.
 //! - [`contriever`]: Contriever's unsupervised independent-cropping objective on a raw corpus.
 
+pub mod adapters;
 pub mod contriever;
 pub mod error;
 pub mod evaluate;

@@ -42,6 +42,9 @@ pub struct ModelConfig {
     pub similarity: Option<Similarity>,
     /// Texts per no-grad encoding batch.
     pub encode_batch_size: usize,
+    /// Train a LoRA or IA3 adapter on a frozen base instead of every weight (`[model.peft]`, see
+    /// [`crate::adapters`]).
+    pub peft: Option<ragtune_models::peft::PeftConfig>,
 }
 
 impl Default for ModelConfig {
@@ -53,6 +56,7 @@ impl Default for ModelConfig {
             max_length: 256,
             similarity: None,
             encode_batch_size: 64,
+            peft: None,
         }
     }
 }
@@ -100,6 +104,9 @@ impl BiEncoder {
                 Architecture::Contriever => {
                     tower.set_pooling(Pooling::new(PoolingMode::Mean, false))
                 }
+            }
+            if let Some(peft) = &config.peft {
+                crate::adapters::attach(&mut tower, peft)?;
             }
             Ok(tower)
         };

@@ -100,6 +100,18 @@ impl EncoderPeft {
             .sum()
     }
 
+    /// What merging would write, without touching `model`: the changed weights (and IA3-scaled
+    /// biases) by Hugging Face variable name (`encoder.layer.0.attention.self.query.weight`).
+    pub fn merged_weights(&self, model: &BertModel) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            EncoderPeft::Lora(a) => a.merged_weights(model),
+            EncoderPeft::Ia3(a) => a.merged_weights(model),
+            EncoderPeft::Bottleneck(_) => Err(ModelError::Unsupported(
+                "merging a bottleneck adapter into the weights (only LoRA and IA3 merge)".into(),
+            )),
+        }
+    }
+
     /// Folds LoRA or IA3 into `model`'s weights; bottleneck adapters do not merge.
     fn merge_into(&self, model: &BertModel) -> Result<()> {
         match self {

@@ -127,6 +127,27 @@ impl Ia3Adapter {
         super::format::reject_unused(tensors, &used, file)
     }
 
+    /// The merged weights (and scaled biases) without touching the model, by variable name.
+    pub fn merged_weights<H: AdapterHost>(&self, model: &H) -> Result<Vec<(String, Tensor)>> {
+        tch::no_grad(|| {
+            let mut layers: Vec<&Ia3Layer> = self.layers.values().collect();
+            layers.sort_by(|x, y| x.path.cmp(&y.path));
+            let mut out = vec![];
+            for l in layers {
+                let base = find_linear(model, &l.path)
+                    .ok_or_else(|| ModelError::Invalid(format!("the model has no {}", l.path)))?;
+                let scale = l.scale.to_device(base.ws.device());
+                let w = (base.ws.to_kind(Kind::Float) * &scale).to_kind(base.ws.kind());
+                out.push((format!("{}.weight", l.path), w));
+                if let (false, Some(bias)) = (l.feedforward, &base.bs) {
+                    let b = (bias.to_kind(Kind::Float) * scale.flatten(0, -1)).to_kind(bias.kind());
+                    out.push((format!("{}.bias", l.path), b));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Folds the scales into the weights: columns of W for feed-forward modules, rows (and the
     /// bias) otherwise.
     pub fn merge_into<H: AdapterHost>(&self, model: &H) -> Result<()> {

@@ -239,6 +239,25 @@ impl LoraAdapter {
         }
     }
 
+    /// The merged weights without touching the model: `(module.weight, W + ΔW)` for every
+    /// wrapped module, for writing a merged checkpoint while training goes on.
+    pub fn merged_weights<H: AdapterHost>(&self, model: &H) -> Result<Vec<(String, Tensor)>> {
+        tch::no_grad(|| {
+            let mut out = vec![];
+            for l in self.sorted_layers() {
+                let base = find_linear(model, &l.path)
+                    .ok_or_else(|| ModelError::Invalid(format!("the model has no {}", l.path)))?;
+                let w = base.ws.to_kind(Kind::Float);
+                let delta = self.delta(l, &base.ws).to_device(w.device());
+                out.push((
+                    format!("{}.weight", l.path),
+                    (w + delta).to_kind(base.ws.kind()),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
     /// Folds the adapter into the base weights (`merge_and_unload`): afterwards the plain model
     /// computes what base + adapter computed. Detach the adapter from the model before using it.
     pub fn merge_into<H: AdapterHost>(&self, model: &H) -> Result<()> {
