@@ -1,4 +1,4 @@
-//! `ragtune retriever mine|train|eval|export --config configs/retriever-faq.toml`: dense retriever
+//! `ragtune retriever mine|score|train|eval|export --config configs/retriever-faq.toml`: dense retriever
 //! fine-tuning driven by one TOML file; flags override the file.
 
 use anyhow::{Context, Result};
@@ -43,6 +43,24 @@ enum Command {
         /// Exact search instead of HNSW.
         #[arg(long)]
         exact: bool,
+        /// Rescore the mined triplets with this teacher's config (its `[model]`), for distillation.
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+    },
+    /// Rescore a triplets file with a teacher (the config's model): writes `positive_score`, each
+    /// negative's `score` and `scored_by`, for Margin-MSE or KL distillation.
+    Score {
+        #[command(flatten)]
+        common: Common,
+        /// The triplets to score (from `ragtune retriever mine`).
+        #[arg(long)]
+        triplets: PathBuf,
+        /// Where to write the scored triplets (may be the input file).
+        #[arg(long)]
+        out: PathBuf,
+        /// Pairs per scoring call.
+        #[arg(long, default_value_t = 256)]
+        chunk: usize,
     },
     /// Evaluate zero-shot, train, evaluate again; writes runs/<name>/report.md and report.json.
     Train {
@@ -91,9 +109,28 @@ fn load_config(common: &Common) -> Result<RetrieverConfig> {
     Ok(config)
 }
 
+/// Rescores `triplets` with the model of `teacher` and prints what it did.
+fn score_with(
+    teacher: &RetrieverConfig,
+    triplets: &mut [ragtune_data::Triplet],
+    chunk: usize,
+    device: Device,
+) -> Result<()> {
+    let scorer = train::load_teacher(teacher, device)?;
+    let name = teacher.model.base.display().to_string();
+    let report = tch::no_grad(|| mining::score_triplets(scorer.as_ref(), triplets, &name, chunk))?;
+    println!("teacher {name}: {}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 pub fn run(args: Args, device: Device) -> Result<()> {
     match args.command {
-        Command::Mine { common, out, exact } => {
+        Command::Mine {
+            common,
+            out,
+            exact,
+            teacher,
+        } => {
             let mut config = load_config(&common)?;
             if exact {
                 config.negatives.mining.search = SearchKind::Exact;
@@ -110,10 +147,30 @@ pub fn run(args: Args, device: Device) -> Result<()> {
                     &config.model.base.display().to_string(),
                 )
             })?;
+            let mut triplets = triplets;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(teacher) = teacher {
+                let teacher_config = RetrieverConfig::from_file(&teacher)?;
+                score_with(&teacher_config, &mut triplets, 256, device)?;
+            }
             ragtune_data::write_table(&out, &triplets)
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
             println!("wrote {} triplets to {}", triplets.len(), out.display());
+            Ok(())
+        }
+        Command::Score {
+            common,
+            triplets,
+            out,
+            chunk,
+        } => {
+            let config = load_config(&common)?;
+            let mut rows: Vec<ragtune_data::Triplet> = ragtune_data::read_table(&triplets)
+                .with_context(|| format!("reading {}", triplets.display()))?;
+            score_with(&config, &mut rows, chunk, device)?;
+            ragtune_data::write_table(&out, &rows)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} scored triplets to {}", rows.len(), out.display());
             Ok(())
         }
         Command::Train {

@@ -7,7 +7,8 @@
 //! | `qrels`       | query_id utf8, doc_id utf8, relevance int32                                            |
 //! | `triplets`    | query_id utf8, query utf8, positive_id utf8, positive_text utf8,                       |
 //! |               | negatives list<struct<doc_id utf8, text utf8, score float32>>,                         |
-//! |               | mining_model utf8?, mining_index utf8?, mining_parameters utf8? (a JSON object)        |
+//! |               | mining_model utf8?, mining_index utf8?, mining_parameters utf8? (a JSON object),      |
+//! |               | positive_score float32?, scored_by utf8? (both optional columns, may be absent)        |
 //! | `qa`          | id utf8, question utf8, answers list<utf8>, gold_doc_ids list<utf8>, context utf8?,   |
 //! |               | label utf8? (a category for stratified splits)                                         |
 //! | `preferences` | id utf8, prompt utf8, chosen utf8, rejected utf8, context utf8?                        |
@@ -77,6 +78,12 @@ pub struct Triplet {
     pub positive_text: String,
     pub negatives: Vec<Negative>,
     pub provenance: MiningProvenance,
+    /// The positive's score by the same model as the negatives' `score` (for distillation, where
+    /// a teacher's scores of the positive and of each negative are the targets); `None` when unknown.
+    pub positive_score: Option<f32>,
+    /// The model whose scores `positive_score` and the negatives' `score` are (the miner, or a
+    /// teacher that rescored the triplet); `None` when unknown.
+    pub scored_by: Option<String>,
 }
 
 /// A question with its reference answers and the ids of the passages that support them.
@@ -306,6 +313,8 @@ impl Record for Triplet {
             utf8("mining_model", true),
             utf8("mining_index", true),
             utf8("mining_parameters", true),
+            Field::new("positive_score", DataType::Float32, true),
+            utf8("scored_by", true),
         ]
     }
     fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
@@ -340,6 +349,10 @@ impl Record for Triplet {
                 opt_strings(rows.iter().map(|r| r.provenance.model.as_deref())),
                 opt_strings(rows.iter().map(|r| r.provenance.index.as_deref())),
                 opt_strings(rows.iter().map(|r| r.provenance.parameters.as_deref())),
+                Arc::new(Float32Array::from(
+                    rows.iter().map(|r| r.positive_score).collect::<Vec<_>>(),
+                )),
+                opt_strings(rows.iter().map(|r| r.scored_by.as_deref())),
             ],
         )
     }
@@ -355,6 +368,11 @@ impl Record for Triplet {
             cols.opt_strings("mining_index")?,
             cols.opt_strings("mining_parameters")?,
         );
+        // Files written before these two columns existed read as unscored.
+        let positive_score = cols
+            .array("positive_score", &DataType::Float32, false)?
+            .map(|a| Columns::floats(&a));
+        let scored_by = cols.opt_strings("scored_by")?;
         let negs = cols
             .array("negatives", &list_of_negatives(), true)?
             .expect("required");
@@ -403,6 +421,10 @@ impl Record for Triplet {
                         index: opt(&index, i),
                         parameters: opt(&params, i),
                     },
+                    positive_score: positive_score
+                        .as_ref()
+                        .and_then(|a| (!a.is_null(i)).then(|| a.value(i))),
+                    scored_by: opt(&scored_by, i),
                 })
             })
             .collect()

@@ -32,6 +32,8 @@ fn sample_triplets() -> Vec<Triplet> {
                 index: Some("exact".into()),
                 parameters: Some(r#"{"range_max":100}"#.into()),
             },
+            positive_score: Some(0.875),
+            scored_by: Some("all-MiniLM-L6-v2".into()),
         },
         Triplet {
             query_id: "q2".into(),
@@ -40,6 +42,8 @@ fn sample_triplets() -> Vec<Triplet> {
             positive_text: "Still a valid row.".into(),
             negatives: vec![],
             provenance: MiningProvenance::default(),
+            positive_score: None,
+            scored_by: None,
         },
     ]
 }
@@ -148,6 +152,8 @@ fn every_table_round_trips_and_pyarrow_pandas_and_duckdb_read_it() {
     assert_eq!(neg["doc_id"], "d3");
     assert_eq!(neg["score"], 0.5);
     assert_eq!(tables[3]["rows"][0]["mining_model"], "all-MiniLM-L6-v2");
+    assert_eq!(tables[3]["rows"][0]["positive_score"], 0.875);
+    assert_eq!(tables[3]["rows"][1]["scored_by"], serde_json::Value::Null);
     assert_eq!(
         tables[4]["rows"][0]["answers"],
         json!(["Ada", "Ada Lovelace"])
@@ -170,6 +176,40 @@ fn reads_a_file_pandas_wrote() {
     assert_eq!(qa.len(), 2);
     assert_eq!(qa[1].gold_doc_ids, vec!["e".to_string(), "f".to_string()]);
     assert_eq!(qa[0].context, None);
+}
+
+#[test]
+fn triplets_without_the_score_columns_read_as_unscored() {
+    // A triplets file as written before `positive_score` and `scored_by` existed: today's file
+    // with those two columns projected away.
+    let dir = scratch("data-triplets-v1");
+    let (full, old) = (dir.join("full.parquet"), dir.join("old.parquet"));
+    write_table(&full, &sample_triplets()).unwrap();
+    let file = std::fs::File::open(&full).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader
+        .map(|b| b.unwrap().project(&[0, 1, 2, 3, 4, 5, 6, 7]).unwrap())
+        .collect();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&old).unwrap(),
+        batches[0].schema(),
+        None,
+    )
+    .unwrap();
+    for b in &batches {
+        writer.write(b).unwrap();
+    }
+    writer.close().unwrap();
+    let rows = read_table::<Triplet>(&old).unwrap();
+    let mut expected = sample_triplets();
+    for t in &mut expected {
+        t.positive_score = None;
+        t.scored_by = None;
+    }
+    assert_eq!(rows, expected);
 }
 
 fn write_pandas(path: &Path, columns: serde_json::Value) {

@@ -176,6 +176,10 @@ pub fn crop_batch_loss(
         match loss.kind {
             LossKind::InfoNce => losses::info_nce(&scores, loss.temperature),
             LossKind::SymmetricInfoNce => losses::symmetric_info_nce(&scores, loss.temperature),
+            other => Err(RetrieverError::Invalid(format!(
+                "loss.kind {other:?} needs teacher scores; Contriever cropping trains with \
+                 info_nce or symmetric_info_nce"
+            ))),
         }
     };
     if loss.gradcache_chunk == 0 || !train {

@@ -210,6 +210,8 @@ pub fn mine(
                     })
                     .collect(),
                 provenance: provenance.clone(),
+                positive_score: Some(positive_score),
+                scored_by: Some(model_name.to_string()),
             });
         }
     }
@@ -224,4 +226,126 @@ pub fn mine(
         }
     }
     Ok((triplets, report))
+}
+
+/// Scores (query, passage) pairs: a teacher for distillation. Bi-encoders score with their
+/// similarity of pooled embeddings, ColBERT with MaxSim.
+pub trait PairScorer {
+    /// One score per pair, `queries[i]` against `passages[i]`.
+    fn score_pairs(&self, queries: &[&str], passages: &[&str]) -> Result<Vec<f32>>;
+}
+
+/// Pair scores of any single-vector embedder: each distinct text is encoded once.
+pub fn embedder_pair_scores(
+    model: &dyn Embedder,
+    queries: &[&str],
+    passages: &[&str],
+) -> Result<Vec<f32>> {
+    if queries.len() != passages.len() {
+        return Err(RetrieverError::Invalid(format!(
+            "scoring pairs: {} queries but {} passages",
+            queries.len(),
+            passages.len()
+        )));
+    }
+    fn distinct<'t>(texts: &[&'t str]) -> (Vec<&'t str>, Vec<i64>) {
+        let mut position: HashMap<&str, i64> = HashMap::new();
+        let mut unique: Vec<&str> = Vec::new();
+        let rows: Vec<i64> = texts
+            .iter()
+            .map(|t| {
+                *position.entry(t).or_insert_with(|| {
+                    unique.push(t);
+                    unique.len() as i64 - 1
+                })
+            })
+            .collect();
+        (unique, rows)
+    }
+    let (unique_queries, query_rows) = distinct(queries);
+    let (unique_passages, passage_rows) = distinct(passages);
+    let q = model.encode_queries(&unique_queries)?;
+    let p = model.encode_passages(&unique_passages)?;
+    let device = q.device();
+    let (q, p) = match model.similarity() {
+        crate::losses::Similarity::Cosine => (
+            ragtune_models::pooling::l2_normalize(&q.to_kind(tch::Kind::Float)),
+            ragtune_models::pooling::l2_normalize(&p.to_kind(tch::Kind::Float)),
+        ),
+        crate::losses::Similarity::Dot => {
+            (q.to_kind(tch::Kind::Float), p.to_kind(tch::Kind::Float))
+        }
+    };
+    let q = q.index_select(0, &tch::Tensor::from_slice(&query_rows).to_device(device));
+    let p = p.index_select(0, &tch::Tensor::from_slice(&passage_rows).to_device(device));
+    let scores = (q * p).sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float);
+    Ok(Vec::<f32>::try_from(scores.to_device(tch::Device::Cpu))?)
+}
+
+impl PairScorer for crate::model::BiEncoder {
+    fn score_pairs(&self, queries: &[&str], passages: &[&str]) -> Result<Vec<f32>> {
+        embedder_pair_scores(self, queries, passages)
+    }
+}
+
+/// What rescoring did, for the command's output.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScoringReport {
+    pub triplets: usize,
+    pub pairs: usize,
+    /// Mean teacher margin (positive minus negative) and how often the teacher ranks the positive
+    /// above the negative: a quick sanity check of the teacher on these triplets.
+    pub mean_margin: f64,
+    pub positive_above_negative: f64,
+}
+
+/// Replaces the scores of every triplet (`positive_score` and each negative's `score`) with the
+/// teacher's, and sets `scored_by` to `teacher_name`. Pairs are scored in chunks of `chunk` rows.
+pub fn score_triplets(
+    teacher: &dyn PairScorer,
+    triplets: &mut [Triplet],
+    teacher_name: &str,
+    chunk: usize,
+) -> Result<ScoringReport> {
+    let mut pairs: Vec<(usize, Option<usize>)> = Vec::new();
+    for (i, t) in triplets.iter().enumerate() {
+        pairs.push((i, None));
+        pairs.extend((0..t.negatives.len()).map(|j| (i, Some(j))));
+    }
+    let mut scores = Vec::with_capacity(pairs.len());
+    for block in pairs.chunks(chunk.max(1)) {
+        let queries: Vec<&str> = block
+            .iter()
+            .map(|&(i, _)| triplets[i].query.as_str())
+            .collect();
+        let passages: Vec<&str> = block
+            .iter()
+            .map(|&(i, j)| match j {
+                None => triplets[i].positive_text.as_str(),
+                Some(j) => triplets[i].negatives[j].text.as_str(),
+            })
+            .collect();
+        scores.extend(teacher.score_pairs(&queries, &passages)?);
+    }
+    let (mut margin_sum, mut above, mut margins) = (0.0, 0usize, 0usize);
+    for (&(i, j), score) in pairs.iter().zip(scores) {
+        let t = &mut triplets[i];
+        match j {
+            None => t.positive_score = Some(score),
+            Some(j) => {
+                t.negatives[j].score = score;
+                let margin = (t.positive_score.unwrap_or(f32::NAN) - score) as f64;
+                margin_sum += margin;
+                above += usize::from(margin > 0.0);
+                margins += 1;
+            }
+        }
+        t.scored_by = Some(teacher_name.to_string());
+    }
+    Ok(ScoringReport {
+        triplets: triplets.len(),
+        pairs: pairs.len(),
+        mean_margin: margin_sum / margins.max(1) as f64,
+        positive_above_negative: above as f64 / margins.max(1) as f64,
+    })
 }

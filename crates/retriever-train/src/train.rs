@@ -7,7 +7,7 @@ use crate::evaluate::{encode_corpus, evaluate_queries, measures, Evaluation};
 use crate::gradcache::{self, Side};
 use crate::index::HnswConfig;
 use crate::losses;
-use crate::mining::{self, MiningConfig, MiningReport};
+use crate::mining::{self, MiningConfig, MiningReport, PairScorer};
 use crate::model::{BiEncoder, Embedder, ModelConfig};
 use crate::{Result, RetrieverError};
 use ragtune_data::split::{split_dataset, SplitConfig};
@@ -46,15 +46,30 @@ impl Default for DataConfig {
 pub enum LossKind {
     InfoNce,
     SymmetricInfoNce,
+    /// Margin-MSE onto teacher scores (each triplet's positive against each of its negatives).
+    MarginMse,
+    /// KL divergence onto the teacher's softmax over each triplet's [positive, negatives...].
+    Kl,
+}
+
+impl LossKind {
+    /// Whether the loss regresses onto teacher scores stored in the triplets.
+    pub fn is_distillation(self) -> bool {
+        matches!(self, LossKind::MarginMse | LossKind::Kl)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossConfig {
     pub kind: LossKind,
+    /// InfoNCE's temperature; KL distillation divides student and teacher scores by it too.
     pub temperature: f64,
     /// Rows per GradCache chunk; 0 runs the plain full-batch backward.
     pub gradcache_chunk: usize,
+    /// Multiplies the teacher's scores before Margin-MSE or KL, to bring a teacher of another range
+    /// to the student's (ColBERT's MaxSim adds up 32 cosines; a cosine student spans [-1, 1]).
+    pub teacher_scale: f64,
 }
 
 impl Default for LossConfig {
@@ -63,6 +78,7 @@ impl Default for LossConfig {
             kind: LossKind::InfoNce,
             temperature: losses::DEFAULT_TEMPERATURE,
             gradcache_chunk: 0,
+            teacher_scale: 1.0,
         }
     }
 }
@@ -72,6 +88,10 @@ impl Default for LossConfig {
 pub struct NegativesConfig {
     /// Add mined hard negatives to the in-batch ones.
     pub hard: bool,
+    /// Train on this triplets Parquet file (from `ragtune retriever mine`, teacher-scored by
+    /// `ragtune retriever score` for distillation) instead of mining or plain qrels pairs. Its
+    /// queries must belong to the training split.
+    pub triplets: Option<PathBuf>,
     /// ANCE-style: mine again with the current model every this many optimizer steps.
     pub remine_every_steps: Option<u64>,
     pub mining: MiningConfig,
@@ -197,14 +217,169 @@ pub fn pairs_from_qrels(split: &Dataset) -> Result<Vec<Triplet>> {
                 positive_text: mining::passage_text(doc),
                 negatives: Vec::new(),
                 provenance: Default::default(),
+                positive_score: None,
+                scored_by: None,
             })
         })
         .collect()
 }
 
-/// InfoNCE of one batch of triplets: each query against every positive and every hard negative of
-/// the batch. A column that is a known positive of the row's query (a duplicate question, or a
-/// negative that another pair calls positive) is masked out rather than pushed away.
+/// One batch of triplets laid out as every loss here expects: queries in order, then the passages
+/// with the positives first (column i is query i's positive) followed by each triplet's negatives.
+pub struct TripletBatch<'a> {
+    pub queries: Vec<&'a str>,
+    pub passages: Vec<&'a str>,
+    /// `[queries, passages]`: true where a column other than the row's own positive is a known
+    /// positive of the row's query (a duplicate question, or a negative another pair calls
+    /// positive). InfoNCE masks these out rather than push them away.
+    known_positive: Tensor,
+    /// For each row, the columns of its own negatives.
+    negative_columns: Vec<Vec<i64>>,
+    /// For each row, the teacher's scores of its positive and negatives (distillation only).
+    teacher: Option<Vec<Vec<f32>>>,
+}
+
+impl<'a> TripletBatch<'a> {
+    /// Lays out `batch`; with `with_teacher`, every triplet must carry teacher scores.
+    pub fn new(batch: &[&'a Triplet], with_teacher: bool, device: Device) -> Result<Self> {
+        let queries: Vec<&str> = batch.iter().map(|t| t.query.as_str()).collect();
+        let mut passage_ids: Vec<&str> = batch.iter().map(|t| t.positive_id.as_str()).collect();
+        let mut passages: Vec<&str> = batch.iter().map(|t| t.positive_text.as_str()).collect();
+        let mut negative_columns = Vec::with_capacity(batch.len());
+        for t in batch {
+            let mut columns = Vec::with_capacity(t.negatives.len());
+            for n in &t.negatives {
+                columns.push(passages.len() as i64);
+                passage_ids.push(&n.doc_id);
+                passages.push(&n.text);
+            }
+            negative_columns.push(columns);
+        }
+        let mut positives_of: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for t in batch {
+            positives_of
+                .entry(&t.query_id)
+                .or_default()
+                .insert(&t.positive_id);
+        }
+        let mut mask = vec![false; batch.len() * passages.len()];
+        for (i, t) in batch.iter().enumerate() {
+            for (j, id) in passage_ids.iter().enumerate() {
+                mask[i * passages.len() + j] =
+                    j != i && positives_of[t.query_id.as_str()].contains(id);
+            }
+        }
+        let known_positive = Tensor::from_slice(&mask)
+            .view([batch.len() as i64, passages.len() as i64])
+            .to_device(device);
+        let teacher = if with_teacher {
+            let rows = batch
+                .iter()
+                .map(|t| {
+                    // A row without negatives has nothing to distill; its positive may be unscored.
+                    let positive = match (t.positive_score, t.negatives.is_empty()) {
+                        (Some(score), _) => score,
+                        (None, true) => 0.0,
+                        (None, false) => return Err(unscored(t)),
+                    };
+                    Ok(std::iter::once(positive)
+                        .chain(t.negatives.iter().map(|n| n.score))
+                        .collect())
+                })
+                .collect::<Result<Vec<Vec<f32>>>>()?;
+            Some(rows)
+        } else {
+            None
+        };
+        Ok(Self {
+            queries,
+            passages,
+            known_positive,
+            negative_columns,
+            teacher,
+        })
+    }
+
+    /// The configured loss of the student's `scores [queries, passages]` for this batch.
+    pub fn loss(&self, scores: &Tensor, config: &LossConfig) -> Result<Tensor> {
+        match config.kind {
+            LossKind::InfoNce => losses::info_nce(
+                &scores.masked_fill(&self.known_positive, -1e4),
+                config.temperature,
+            ),
+            LossKind::SymmetricInfoNce => losses::symmetric_info_nce(
+                &scores.masked_fill(&self.known_positive, -1e4),
+                config.temperature,
+            ),
+            LossKind::MarginMse | LossKind::Kl => self.distillation_loss(scores, config),
+        }
+    }
+
+    fn distillation_loss(&self, scores: &Tensor, config: &LossConfig) -> Result<Tensor> {
+        let teacher = self.teacher.as_ref().ok_or_else(|| {
+            RetrieverError::Invalid("distillation needs a batch built with teacher scores".into())
+        })?;
+        let device = scores.device();
+        let scale = |v: &[f32]| {
+            Tensor::from_slice(v).to_device(device).to_kind(Kind::Float) * config.teacher_scale
+        };
+        // Each row's own candidates: its positive (column i), then its negatives.
+        let candidates = |i: usize| {
+            let mut columns = vec![i as i64];
+            columns.extend(&self.negative_columns[i]);
+            scores
+                .get(i as i64)
+                .index_select(0, &Tensor::from_slice(&columns).to_device(device))
+        };
+        match config.kind {
+            LossKind::MarginMse => {
+                let (mut student_pos, mut student_neg, mut teacher_pos, mut teacher_neg) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for (i, row) in teacher.iter().enumerate().filter(|(_, r)| r.len() > 1) {
+                    let student = candidates(i);
+                    let n = row.len() as i64 - 1;
+                    student_pos.push(student.narrow(0, 0, 1).expand([n], false));
+                    student_neg.push(student.narrow(0, 1, n));
+                    teacher_pos.push(scale(&row[..1]).expand([n], false));
+                    teacher_neg.push(scale(&row[1..]));
+                }
+                if student_pos.is_empty() {
+                    // No row of this batch has a negative: zero, still attached to the graph.
+                    return Ok(scores.sum(Kind::Float) * 0.0);
+                }
+                losses::margin_mse(
+                    &Tensor::cat(&student_pos, 0),
+                    &Tensor::cat(&student_neg, 0),
+                    &Tensor::cat(&teacher_pos, 0),
+                    &Tensor::cat(&teacher_neg, 0),
+                )
+            }
+            _ => {
+                // Rows may hold different numbers of negatives, so each is its own softmax.
+                let mut total = Tensor::zeros([], (Kind::Float, device));
+                for (i, row) in teacher.iter().enumerate() {
+                    total += losses::kl_distillation(
+                        &candidates(i).unsqueeze(0),
+                        &scale(row).unsqueeze(0),
+                        config.temperature,
+                    )?;
+                }
+                Ok(total / teacher.len().max(1) as f64)
+            }
+        }
+    }
+}
+
+fn unscored(t: &Triplet) -> RetrieverError {
+    RetrieverError::Invalid(format!(
+        "triplet of query `{}` (positive `{}`) has negatives but no score for its positive: \
+         distillation needs teacher scores; attach them with `ragtune retriever score`",
+        t.query_id, t.positive_id
+    ))
+}
+
+/// The loss of one batch of triplets for a bi-encoder (see [`TripletBatch`]), with GradCache when
+/// `config.gradcache_chunk` is set.
 pub fn batch_loss(
     model: &BiEncoder,
     batch: &[&Triplet],
@@ -212,45 +387,16 @@ pub fn batch_loss(
     step: u64,
     train: bool,
 ) -> Result<Tensor> {
-    let queries: Vec<&str> = batch.iter().map(|t| t.query.as_str()).collect();
-    let mut passage_ids: Vec<&str> = batch.iter().map(|t| t.positive_id.as_str()).collect();
-    let mut passages: Vec<&str> = batch.iter().map(|t| t.positive_text.as_str()).collect();
-    for t in batch {
-        for n in &t.negatives {
-            passage_ids.push(&n.doc_id);
-            passages.push(&n.text);
-        }
-    }
-    let mut positives_of: HashMap<&str, HashSet<&str>> = HashMap::new();
-    for t in batch {
-        positives_of
-            .entry(&t.query_id)
-            .or_default()
-            .insert(&t.positive_id);
-    }
-    let mut mask = vec![false; batch.len() * passages.len()];
-    for (i, t) in batch.iter().enumerate() {
-        for (j, id) in passage_ids.iter().enumerate() {
-            mask[i * passages.len() + j] = j != i && positives_of[t.query_id.as_str()].contains(id);
-        }
-    }
-    let mask = Tensor::from_slice(&mask)
-        .view([batch.len() as i64, passages.len() as i64])
-        .to_device(model.device());
+    let layout = TripletBatch::new(batch, config.kind.is_distillation(), model.device())?;
+    let (queries, passages) = (&layout.queries, &layout.passages);
     let similarity = model.similarity();
     let loss_of = |reps: &[Tensor]| -> Result<Tensor> {
-        let scores = similarity
-            .matrix(&reps[0], &reps[1])
-            .masked_fill(&mask, -1e4);
-        match config.kind {
-            LossKind::InfoNce => losses::info_nce(&scores, config.temperature),
-            LossKind::SymmetricInfoNce => losses::symmetric_info_nce(&scores, config.temperature),
-        }
+        layout.loss(&similarity.matrix(&reps[0], &reps[1]), config)
     };
     if config.gradcache_chunk == 0 || !train {
         return loss_of(&[
-            model.forward_queries(&queries, train)?,
-            model.forward_passages(&passages, train)?,
+            model.forward_queries(queries, train)?,
+            model.forward_passages(passages, train)?,
         ]);
     }
     let q_ranges = gradcache::chunk_ranges(queries.len(), config.gradcache_chunk);
@@ -267,6 +413,42 @@ pub fn batch_loss(
     // The gradients are in place; hand the trainer a graph-free leaf carrying the loss value, whose
     // own backward adds nothing to the model.
     Ok(Tensor::from(value as f32).set_requires_grad(true))
+}
+
+/// Reads a triplets file to train on, checking that every query belongs to the training split
+/// (no test query may leak in) and, for distillation, that every row carries teacher scores.
+pub fn read_training_triplets(
+    path: &Path,
+    train: &Dataset,
+    distillation: bool,
+) -> Result<Vec<Triplet>> {
+    let triplets: Vec<Triplet> = ragtune_data::read_table(path)?;
+    let train_queries: HashSet<&str> = train.queries.iter().map(|q| q.query_id.as_str()).collect();
+    for (row, t) in triplets.iter().enumerate() {
+        if !train_queries.contains(t.query_id.as_str()) {
+            return Err(RetrieverError::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "row {row}: query `{}` is not in the training split (a triplets file for this \
+                     config must be mined from its training split)",
+                    t.query_id
+                ),
+            });
+        }
+        if distillation && t.positive_score.is_none() && !t.negatives.is_empty() {
+            return Err(RetrieverError::Config {
+                path: path.to_path_buf(),
+                message: format!("row {row}: {}", unscored(t)),
+            });
+        }
+    }
+    if triplets.is_empty() {
+        return Err(RetrieverError::Config {
+            path: path.to_path_buf(),
+            message: "no triplets".into(),
+        });
+    }
+    Ok(triplets)
 }
 
 /// The run's outcome, also written as `report.json` and `report.md` in the run folder.
@@ -316,8 +498,23 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     } else {
         Vec::new()
     };
+    if config.negatives.hard && config.negatives.triplets.is_some() {
+        return Err(RetrieverError::Invalid(
+            "negatives.hard (mine now) and negatives.triplets (a mined file) exclude each other"
+                .into(),
+        ));
+    }
+    if config.loss.kind.is_distillation() && config.negatives.triplets.is_none() {
+        return Err(RetrieverError::Invalid(format!(
+            "loss.kind {:?} distills teacher scores: set negatives.triplets to a teacher-scored \
+             triplets file (`ragtune retriever score`)",
+            config.loss.kind
+        )));
+    }
     let mut triplets = if !crops.is_empty() {
         Vec::new()
+    } else if let Some(path) = &config.negatives.triplets {
+        read_training_triplets(path, &train, config.loss.kind.is_distillation())?
     } else if config.negatives.hard {
         let (triplets, report) = tch::no_grad(|| {
             mining::mine(
@@ -412,6 +609,15 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
         report,
         markdown,
     })
+}
+
+/// The model of `config` as a teacher that scores (query, passage) pairs.
+pub fn load_teacher(config: &RetrieverConfig, device: Device) -> Result<Box<dyn PairScorer>> {
+    Ok(Box::new(BiEncoder::load(
+        &config.model,
+        device,
+        Kind::Float,
+    )?))
 }
 
 fn model_name(config: &RetrieverConfig) -> String {

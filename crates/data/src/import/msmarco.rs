@@ -51,6 +51,8 @@ pub fn parse_triple_line(path: &Path, line: usize, text: &str) -> Result<Option<
             index: None,
             parameters: Some(r#"{"source":"msmarco-triples"}"#.into()),
         },
+        positive_score: None,
+        scored_by: None,
     }))
 }
 
