@@ -43,6 +43,9 @@ pub struct GeneratorConfig {
     /// `[packing]`: best-fit decreasing packing of short SFT examples into rows.
     #[serde(default)]
     pub packing: PackingConfig,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping them.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Write the tokenized training examples (ids and prompt length) to
     /// `<run dir>/train_examples.jsonl`, so another implementation can train on exactly them.
     #[serde(default)]

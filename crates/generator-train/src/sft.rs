@@ -124,7 +124,10 @@ fn training_units(
                 .into(),
         ));
     }
-    let capacity = config.packing.max_length.unwrap_or(config.prompt.max_length);
+    let capacity = config
+        .packing
+        .max_length
+        .unwrap_or(config.prompt.max_length);
     let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
     best_fit_decreasing(&lengths, capacity).map_err(|e| match e {
         GeneratorError::Invalid(m) => GeneratorError::Invalid(format!(
@@ -142,14 +145,14 @@ fn training_units(
 fn save_examples(config: &GeneratorConfig, examples: &[SftExample]) -> Result<()> {
     let mut text = String::new();
     for e in examples {
-        let line = serde_json::json!({"id": e.id, "input_ids": e.input_ids, "prompt_len": e.prompt_len});
+        let line =
+            serde_json::json!({"id": e.id, "input_ids": e.input_ids, "prompt_len": e.prompt_len});
         text.push_str(&line.to_string());
         text.push('\n');
     }
     let dir = config.trainer.run_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        GeneratorError::Invalid(format!("cannot create {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| GeneratorError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
     ragtune_models::checkpoint::atomic_write(&dir.join("train_examples.jsonl"), text.as_bytes())?;
     Ok(())
 }
@@ -158,7 +161,11 @@ fn trainer_note(units: &[Vec<usize>], examples: &[SftExample]) {
     let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
     let longest = units
         .iter()
-        .map(|u| u.iter().map(|&i| examples[i].input_ids.len()).sum::<usize>())
+        .map(|u| {
+            u.iter()
+                .map(|&i| examples[i].input_ids.len())
+                .sum::<usize>()
+        })
         .max()
         .unwrap_or(0);
     eprintln!(
@@ -192,6 +199,15 @@ pub fn train(
     if config.save_examples {
         save_examples(config, examples)?;
     }
+    if config.gradient_checkpointing && matches!(adapter, Some(Peft::Prefix(_))) {
+        return Err(GeneratorError::Invalid(
+            "gradient_checkpointing does not cover prefix tuning (its prefixes enter through the \
+             key/value cache)"
+                .into(),
+        ));
+    }
+    lm.model
+        .set_gradient_checkpointing(config.gradient_checkpointing);
     let units = training_units(config, adapter, examples)?;
     if config.packing.enabled {
         trainer_note(&units, examples);
@@ -243,12 +259,14 @@ pub fn train(
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    trainer.println(format!(
+    // On stdout, one line, for `cargo xtask bench generator` and for the record.
+    println!(
         "train loop: {tokens} non-pad tokens in {secs:.2} s ({:.1} tokens/s)",
         tokens as f64 / secs
-    ));
+    );
     if let Some(a) = adapter {
         a.set_training(false);
     }
+    lm.model.set_gradient_checkpointing(false);
     Ok(trainer.finish()?)
 }

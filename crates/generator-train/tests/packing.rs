@@ -42,7 +42,9 @@ fn best_fit_decreasing_puts_each_item_into_the_fullest_bin_that_fits() {
     );
     let mut state = 12345u64;
     let mut next = |m: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) % m
     };
     for _ in 0..200 {
@@ -50,7 +52,11 @@ fn best_fit_decreasing_puts_each_item_into_the_fullest_bin_that_fits() {
         let capacity = 16 + next(100) as usize;
         let lengths: Vec<usize> = (0..n).map(|_| 1 + next(capacity as u64) as usize).collect();
         let bins = best_fit_decreasing(&lengths, capacity).unwrap();
-        assert_eq!(bins, bfd_by_definition(&lengths, capacity), "{lengths:?} in {capacity}");
+        assert_eq!(
+            bins,
+            bfd_by_definition(&lengths, capacity),
+            "{lengths:?} in {capacity}"
+        );
         let mut seen: Vec<usize> = bins.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..n).collect::<Vec<_>>());
@@ -81,7 +87,9 @@ fn examples() -> Vec<SftExample> {
         .enumerate()
         .map(|(k, &(n, p))| SftExample {
             id: format!("e{k}"),
-            input_ids: (0..n).map(|t| 3 + ((k * 37 + t * 11) % 290) as i64).collect(),
+            input_ids: (0..n)
+                .map(|t| 3 + ((k * 37 + t * 11) % 290) as i64)
+                .collect(),
             prompt_len: p,
         })
         .collect()
@@ -146,7 +154,10 @@ fn a_packed_batch_has_the_loss_and_gradients_of_the_same_examples_unpacked() {
         let diff = (g - h).abs().max().double_value(&[]);
         let scale = h.abs().max().double_value(&[]);
         assert!(scale > 0.0, "{name}: no gradient");
-        assert!(diff <= 1e-5 * scale.max(1.0), "{name}: gradients differ by {diff}");
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "{name}: gradients differ by {diff}"
+        );
     }
     // Positions restart per example and padding is segment 0.
     let pos = Vec::<i64>::try_from(packed.position_ids.get(0)).unwrap();

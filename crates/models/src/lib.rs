@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod chat;
 pub mod checkpoint;
+pub mod checkpointing;
 pub mod device;
 pub mod encoder;
 pub mod error;

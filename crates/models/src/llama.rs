@@ -555,6 +555,8 @@ pub struct Llama {
     pub lm_head: Option<nn::Linear>,
     inv_freq: Tensor,
     adapter: Option<std::rc::Rc<dyn DecoderAdapter>>,
+    /// Recompute layer activations in the backward pass (see `checkpointing`).
+    gradient_checkpointing: bool,
 }
 
 impl Llama {
@@ -619,6 +621,7 @@ impl Llama {
                 .then(|| linear(root / "lm_head", config.hidden_size, config.vocab_size)),
             inv_freq,
             adapter: None,
+            gradient_checkpointing: false,
         })
     }
 
@@ -629,6 +632,26 @@ impl Llama {
 
     pub fn adapter(&self) -> Option<&std::rc::Rc<dyn DecoderAdapter>> {
         self.adapter.as_ref()
+    }
+
+    /// With checkpointing on, forward passes that record gradients keep only each decoder
+    /// layer's input and recompute the layer in the backward pass. The model must then stay
+    /// alive (and unchanged) until that backward pass.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
+    }
+
+    /// Layer `layer` on `hidden`, with the adapter hook, without a cache (the checkpoint's
+    /// recomputation).
+    pub(crate) fn layer_forward(
+        &self,
+        layer: usize,
+        hidden: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let hook = self.adapter.as_deref().map(|a| (a, layer));
+        self.layers[layer].forward(hidden, rope, mask, None, hook)
     }
 
     /// Final hidden states (after the last norm), `[batch, seq, hidden]`.
@@ -700,7 +723,7 @@ impl Llama {
             )),
             None => None,
         };
-        Ok(self.run_layers(embeds, &positions, mask.as_ref(), cache))
+        self.run_layers(embeds, &positions, mask.as_ref(), cache)
     }
 
     /// Final hidden states of packed rows: each row holds several examples back to back.
@@ -725,7 +748,7 @@ impl Llama {
         }
         let embeds = self.embed_tokens.forward(input_ids);
         let mask = block_causal_mask(segment_ids, embeds.kind());
-        Ok(self.run_layers(&embeds, position_ids, Some(&mask), None))
+        self.run_layers(&embeds, position_ids, Some(&mask), None)
     }
 
     /// The decoder stack and the final norm over `embeds`, with RoPE at `positions` and an
@@ -736,7 +759,7 @@ impl Llama {
         positions: &Tensor,
         mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
-    ) -> Tensor {
+    ) -> Result<Tensor> {
         let mut hidden = embeds.shallow_clone();
         let kind = hidden.kind();
         let freqs =
@@ -746,12 +769,23 @@ impl Llama {
             angles.cos().to_kind(kind).unsqueeze(1),
             angles.sin().to_kind(kind).unsqueeze(1),
         );
+        if self.gradient_checkpointing && cache.is_none() && crate::checkpointing::grad_enabled() {
+            // A checkpoint node passes gradients on only when its input requires them; with
+            // frozen embeddings (PEFT) make the input a leaf that does.
+            if !hidden.requires_grad() {
+                hidden = hidden.detach().set_requires_grad(true);
+            }
+            for i in 0..self.layers.len() {
+                hidden = crate::checkpointing::checkpointed_layer(self, i, &hidden, &rope, mask)?;
+            }
+            return Ok(self.norm.forward(&hidden));
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let entry = cache.as_mut().map(|c| &mut c.layers[i]);
             let hook = self.adapter.as_deref().map(|a| (a, i));
             hidden = layer.forward(&hidden, &rope, mask, entry, hook);
         }
-        self.norm.forward(&hidden)
+        Ok(self.norm.forward(&hidden))
     }
 
     /// Vocabulary logits for hidden states from `forward_hidden`.
@@ -790,7 +824,8 @@ fn block_causal_mask(segment_ids: &Tensor, kind: Kind) -> Tensor {
         .logical_and(&causal.unsqueeze(0))
         .logical_and(&real_keys)
         .unsqueeze(1);
-    Tensor::zeros(allowed.size(), (kind, device)).masked_fill(&allowed.logical_not(), min_value(kind))
+    Tensor::zeros(allowed.size(), (kind, device))
+        .masked_fill(&allowed.logical_not(), min_value(kind))
 }
 
 fn min_value(kind: Kind) -> f64 {
