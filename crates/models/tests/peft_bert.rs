@@ -155,7 +155,8 @@ fn compare_with_peft(
 fn bert_tiny_adapters_load_in_python_peft_with_the_same_hidden_states_and_merge() {
     let dir = asset("bert-tiny");
     let configs = vec![
-        ("lora_qv", parse("method = \"lora\"\nr = 4\nlora_alpha = 8\ntarget_modules = [\"query\", \"value\"]")),
+        // No targets: PEFT's defaults for BERT (query, value), written out in the config.
+        ("lora_default", parse("method = \"lora\"\nr = 4\nlora_alpha = 8")),
         (
             "lora_dora_rs",
             parse("method = \"lora\"\nr = 8\nlora_alpha = 16\nuse_rslora = true\nuse_dora = true\ntarget_modules = \"all-linear\""),
@@ -164,13 +165,22 @@ fn bert_tiny_adapters_load_in_python_peft_with_the_same_hidden_states_and_merge(
             "lora_regex",
             parse("method = \"lora\"\nr = 2\nlora_alpha = 4\ntarget_modules = 'encoder\\.layer\\.1\\.(intermediate|output)\\.dense'"),
         ),
-        (
-            "ia3",
-            parse("method = \"ia3\"\ntarget_modules = [\"key\", \"value\", \"output.dense\"]\nfeedforward_modules = [\"output.dense\"]"),
-        ),
+        // PEFT's defaults for BERT: key, value, output.dense (the last as feed-forward).
+        ("ia3", parse("method = \"ia3\"")),
     ];
     let work = scratch("peft-bert-tiny");
     let ours = compare_with_peft(&dir, "peft-bert-tiny", &configs, &work);
+
+    let saved = |name: &str| -> serde_json::Value {
+        let file = work.join("adapters").join(name).join("adapter_config.json");
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+    };
+    assert_eq!(
+        saved("lora_default")["target_modules"],
+        json!(["query", "value"])
+    );
+    assert_eq!(saved("ia3")["feedforward_modules"], json!(["output.dense"]));
+    assert_eq!(saved("ia3")["task_type"], serde_json::Value::Null);
 
     // merge_and_unload: the plain model with merged weights gives the adapter's hidden states.
     let batch = batch(&dir);

@@ -3,7 +3,7 @@
 //! Python PEFT (`ia3_l` of shape `[out, 1]` or `[1, in]`, initialized to ones). A scaled output
 //! scales the bias too, as PEFT's layer does (BERT's projections have biases, the Llama's do not).
 
-use super::targets::{find_linear, llama_path, AdapterHost, TargetModules};
+use super::targets::{find_linear, llama_path, AdapterHost, DefaultTargets, TargetModules};
 use super::{copy_into, peft_key};
 use crate::llama::DecoderAdapter;
 use crate::{ModelError, Result};
@@ -17,19 +17,14 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ia3Config {
-    #[serde(default = "default_targets")]
-    pub target_modules: TargetModules,
-    /// The subset of `target_modules` whose input (not output) is rescaled.
-    #[serde(default = "default_feedforward")]
-    pub feedforward_modules: TargetModules,
-}
-
-fn default_targets() -> TargetModules {
-    TargetModules::Names(vec!["k_proj".into(), "v_proj".into(), "down_proj".into()])
-}
-
-fn default_feedforward() -> TargetModules {
-    TargetModules::Names(vec!["down_proj".into()])
+    /// The model type's default when unset, as in PEFT (Llama: `k_proj`, `v_proj`, `down_proj`;
+    /// BERT: `key`, `value`, `output.dense`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_modules: Option<TargetModules>,
+    /// The subset of `target_modules` whose input (not output) is rescaled (default: `down_proj`
+    /// on the Llama, `output.dense` on BERT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedforward_modules: Option<TargetModules>,
 }
 
 impl Ia3Config {
@@ -39,8 +34,8 @@ impl Ia3Config {
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": null,
             "inference_mode": true,
-            "target_modules": self.target_modules.to_json(),
-            "feedforward_modules": self.feedforward_modules.to_json(),
+            "target_modules": self.target_modules.as_ref().map(TargetModules::to_json),
+            "feedforward_modules": self.feedforward_modules.as_ref().map(TargetModules::to_json),
             "fan_in_fan_out": false,
             "init_ia3_weights": true,
             "modules_to_save": null,
@@ -48,16 +43,17 @@ impl Ia3Config {
     }
 
     pub fn from_peft_json(v: &Value, file: &Path) -> Result<Self> {
-        let field = |name: &str, default: TargetModules| -> Result<TargetModules> {
+        let field = |name: &str| -> Result<Option<TargetModules>> {
             match v.get(name) {
-                None | Some(Value::Null) => Ok(default),
+                None | Some(Value::Null) => Ok(None),
                 Some(x) => serde_json::from_value(x.clone())
+                    .map(Some)
                     .map_err(|e| ModelError::format(file, format!("{name}: {e}"))),
             }
         };
         Ok(Ia3Config {
-            target_modules: field("target_modules", default_targets())?,
-            feedforward_modules: field("feedforward_modules", default_feedforward())?,
+            target_modules: field("target_modules")?,
+            feedforward_modules: field("feedforward_modules")?,
         })
     }
 }
@@ -78,12 +74,21 @@ pub struct Ia3Adapter {
 }
 
 impl Ia3Adapter {
-    pub fn new<H: AdapterHost>(config: Ia3Config, model: &H, device: Device) -> Result<Self> {
+    pub fn new<H: AdapterHost>(mut config: Ia3Config, model: &H, device: Device) -> Result<Self> {
+        let defaults = model.default_targets();
+        let targets = config
+            .target_modules
+            .get_or_insert_with(|| DefaultTargets::names(defaults.ia3))
+            .clone();
+        let feedforward_modules = config
+            .feedforward_modules
+            .get_or_insert_with(|| DefaultTargets::names(defaults.ia3_feedforward))
+            .clone();
         let var_store = nn::VarStore::new(device);
         let mut layers = HashMap::new();
-        for (path, base) in config.target_modules.select(model)? {
+        for (path, base) in targets.select(model)? {
             let (out_dim, in_dim) = base.ws.size2()?;
-            let feedforward = config.feedforward_modules.matches(&path)?;
+            let feedforward = feedforward_modules.matches(&path)?;
             let mut p = var_store.root();
             for part in path.split('.') {
                 p = &p / part;

@@ -3,7 +3,7 @@
 //! the adapted weight to it, `m · (W + s B A) / ‖W + s B A‖`, the norm treated as a constant in
 //! the backward pass as the paper and Python PEFT do.
 
-use super::targets::{find_linear, llama_path, AdapterHost, TargetModules};
+use super::targets::{find_linear, llama_path, AdapterHost, DefaultTargets, TargetModules};
 use super::{copy_into, peft_key};
 use crate::llama::DecoderAdapter;
 use crate::{ModelError, Result};
@@ -23,8 +23,10 @@ pub struct LoraConfig {
     pub lora_alpha: f64,
     #[serde(default)]
     pub lora_dropout: f64,
-    #[serde(default = "default_targets")]
-    pub target_modules: TargetModules,
+    /// The model type's default (PEFT's: `q_proj`/`v_proj` on the Llama, `query`/`value` on
+    /// BERT) when unset; an adapter's own config holds the resolved targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_modules: Option<TargetModules>,
     #[serde(default)]
     pub use_rslora: bool,
     #[serde(default)]
@@ -33,10 +35,6 @@ pub struct LoraConfig {
 
 fn default_alpha() -> f64 {
     16.0
-}
-
-fn default_targets() -> TargetModules {
-    TargetModules::Names(vec!["q_proj".into(), "v_proj".into()])
 }
 
 impl LoraConfig {
@@ -59,7 +57,7 @@ impl LoraConfig {
             "r": self.r,
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout,
-            "target_modules": self.target_modules.to_json(),
+            "target_modules": self.target_modules.as_ref().map(TargetModules::to_json),
             "use_rslora": self.use_rslora,
             "use_dora": self.use_dora,
             "bias": "none",
@@ -97,6 +95,7 @@ impl LoraConfig {
         let target_modules =
             serde_json::from_value(v.get("target_modules").cloned().unwrap_or(Value::Null))
                 .map_err(|e| bad(format!("target_modules: {e}")))?;
+        let target_modules: Option<TargetModules> = target_modules;
         Ok(LoraConfig {
             r: v.get("r")
                 .and_then(Value::as_i64)
@@ -133,7 +132,11 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// A = Kaiming-uniform (as `nn.Linear`), B = 0, DoRA magnitude = row norms of W: the
     /// adapted model starts equal to the base.
-    pub fn new<H: AdapterHost>(config: LoraConfig, model: &H, device: Device) -> Result<Self> {
+    pub fn new<H: AdapterHost>(mut config: LoraConfig, model: &H, device: Device) -> Result<Self> {
+        let targets = config
+            .target_modules
+            .get_or_insert_with(|| DefaultTargets::names(model.default_targets().lora))
+            .clone();
         if config.r <= 0 {
             return Err(ModelError::Invalid(format!(
                 "LoRA rank r = {}, expected > 0",
@@ -148,7 +151,7 @@ impl LoraAdapter {
         }
         let var_store = nn::VarStore::new(device);
         let mut layers = HashMap::new();
-        for (path, base) in config.target_modules.select(model)? {
+        for (path, base) in targets.select(model)? {
             let (out_dim, in_dim) = base.ws.size2()?;
             let mut p = var_store.root();
             for part in path.split('.') {

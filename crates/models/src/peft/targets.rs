@@ -42,6 +42,23 @@ pub trait AdapterHost {
     fn linear_modules(&self) -> Vec<(String, &nn::Linear)>;
     /// An example module name, for error messages.
     fn example_module(&self) -> &'static str;
+    /// PEFT's default targets for this model type when a config names none: LoRA's, IA3's, and
+    /// IA3's feed-forward subset (`TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING`).
+    fn default_targets(&self) -> DefaultTargets;
+}
+
+/// Module names PEFT targets by default for one model type.
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultTargets {
+    pub lora: &'static [&'static str],
+    pub ia3: &'static [&'static str],
+    pub ia3_feedforward: &'static [&'static str],
+}
+
+impl DefaultTargets {
+    pub fn names(list: &[&str]) -> TargetModules {
+        TargetModules::Names(list.iter().map(|s| s.to_string()).collect())
+    }
 }
 
 impl AdapterHost for Llama {
@@ -59,6 +76,14 @@ impl AdapterHost for Llama {
     fn example_module(&self) -> &'static str {
         "model.layers.0.self_attn.q_proj"
     }
+
+    fn default_targets(&self) -> DefaultTargets {
+        DefaultTargets {
+            lora: &["q_proj", "v_proj"],
+            ia3: &["k_proj", "v_proj", "down_proj"],
+            ia3_feedforward: &["down_proj"],
+        }
+    }
 }
 
 impl AdapterHost for BertModel {
@@ -68,6 +93,14 @@ impl AdapterHost for BertModel {
 
     fn example_module(&self) -> &'static str {
         "encoder.layer.0.attention.self.query"
+    }
+
+    fn default_targets(&self) -> DefaultTargets {
+        DefaultTargets {
+            lora: &["query", "value"],
+            ia3: &["key", "value", "output.dense"],
+            ia3_feedforward: &["output.dense"],
+        }
     }
 }
 
