@@ -3,11 +3,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
-use ragtune_retriever_train::evaluate::{encode_corpus, evaluate_queries, measures};
+use ragtune_retriever_train::evaluate::measures;
 use ragtune_retriever_train::index::SearchKind;
 use ragtune_retriever_train::mining;
 use ragtune_retriever_train::model::BiEncoder;
-use ragtune_retriever_train::train::{self, RetrieverConfig};
+use ragtune_retriever_train::train::{self, Retriever, RetrieverConfig};
 use std::path::PathBuf;
 use tch::{Device, Kind};
 
@@ -217,12 +217,10 @@ pub fn run(args: Args, device: Device) -> Result<()> {
                 .with_context(|| format!("--split {split}: expected train, val or test"))?;
             let splits = train::load_splits(&config.data)?;
             let data = &splits[index];
-            let model = BiEncoder::load(&config.model, device, Kind::Float)?;
-            let hnsw_config = hnsw.then_some(config.report.hnsw_config);
-            let evaluation = tch::no_grad(|| -> ragtune_retriever_train::Result<_> {
-                let corpus = encode_corpus(&model, &data.corpus, hnsw_config)?;
-                evaluate_queries(&model, &corpus, &data.queries, &data.qrels, hnsw)
-            })?;
+            let model = Retriever::load(&config, device)?;
+            let hnsw_config = hnsw.then(|| model.hnsw_config(&config));
+            let started = std::time::Instant::now();
+            let evaluation = model.evaluate(data, hnsw_config)?;
             println!(
                 "{} queries of {split}, {} passages",
                 evaluation.exact.num_queries,
@@ -248,11 +246,12 @@ pub fn run(args: Args, device: Device) -> Result<()> {
             if let Some((_, r10, r100)) = &evaluation.hnsw {
                 println!("HNSW recall vs exact: @10 {r10:.4}, @100 {r100:.4}");
             }
+            println!("evaluated in {:.1} s", started.elapsed().as_secs_f64());
             Ok(())
         }
         Command::Export { common, out } => {
             let config = load_config(&common)?;
-            let model = BiEncoder::load(&config.model, device, Kind::Float)?;
+            let model = Retriever::load(&config, device)?;
             model.save(&out)?;
             println!("wrote {}", out.display());
             Ok(())

@@ -95,28 +95,49 @@ pub fn evaluate_queries(
         .collect();
     let texts: Vec<&str> = queries.iter().map(|q| q.text.as_str()).collect();
     let embeddings = model.encode_queries(&texts)?;
-    let qrels = to_qrels(qrels);
-    let measures = measures();
     let exact_hits = corpus
         .index
         .search(&embeddings, RUN_DEPTH, SearchKind::Exact)?;
-    let exact = evaluate(
-        &to_run(&queries, corpus.docs, &exact_hits),
-        &qrels,
-        &measures,
-    )?;
-    let hnsw = if with_hnsw {
-        let hits = corpus
-            .index
-            .search(&embeddings, RUN_DEPTH, SearchKind::Hnsw)?;
-        let report = evaluate(&to_run(&queries, corpus.docs, &hits), &qrels, &measures)?;
-        Some((
-            report,
-            recall_vs_exact(&exact_hits, &hits, 10),
-            recall_vs_exact(&exact_hits, &hits, RUN_DEPTH),
-        ))
+    let hnsw_hits = if with_hnsw {
+        Some(
+            corpus
+                .index
+                .search(&embeddings, RUN_DEPTH, SearchKind::Hnsw)?,
+        )
     } else {
         None
+    };
+    evaluate_hits(
+        &queries,
+        corpus.docs,
+        qrels,
+        &exact_hits,
+        hnsw_hits.as_deref(),
+    )
+}
+
+/// The measures of ranked hits (`hits[i]` for `queries[i]`, indices into `docs`) from any
+/// retriever: exact search, and approximate search with its recall against exact when given.
+pub fn evaluate_hits(
+    queries: &[Query],
+    docs: &[Doc],
+    qrels: &[Qrel],
+    exact_hits: &[Vec<Hit>],
+    approximate_hits: Option<&[Vec<Hit>]>,
+) -> Result<Evaluation> {
+    let qrels = to_qrels(qrels);
+    let measures = measures();
+    let exact = evaluate(&to_run(queries, docs, exact_hits), &qrels, &measures)?;
+    let hnsw = match approximate_hits {
+        Some(hits) => {
+            let report = evaluate(&to_run(queries, docs, hits), &qrels, &measures)?;
+            Some((
+                report,
+                recall_vs_exact(exact_hits, hits, 10),
+                recall_vs_exact(exact_hits, hits, RUN_DEPTH),
+            ))
+        }
+        None => None,
     };
     Ok(Evaluation { exact, hnsw })
 }

@@ -6,8 +6,10 @@
 //! - [`model`]: DPR / Contriever / sentence-transformers bi-encoders; [`export`]: sentence-transformers folders.
 //! - [`adapters`]: LoRA/IA3 on the towers (`[model.peft]`), exported in PEFT's format.
 //! - [`contriever`]: Contriever's unsupervised independent-cropping objective on a raw corpus.
+//! - [`colbert`]: ColBERT late interaction (MaxSim), training, reranking and HNSW candidate generation over document tokens.
 
 pub mod adapters;
+pub mod colbert;
 pub mod contriever;
 pub mod error;
 pub mod evaluate;

@@ -26,6 +26,8 @@ pub enum Architecture {
     Dpr,
     /// Mean pooling, one shared tower, dot-product similarity.
     Contriever,
+    /// Late interaction over token embeddings: not a bi-encoder, see [`crate::colbert`].
+    Colbert,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +91,12 @@ impl std::fmt::Debug for BiEncoder {
 impl BiEncoder {
     /// Loads the base model (twice for separate towers) with weights in `kind`.
     pub fn load(config: &ModelConfig, device: Device, kind: Kind) -> Result<Self> {
+        if config.architecture == Architecture::Colbert {
+            return Err(RetrieverError::Invalid(
+                "architecture colbert is a multi-vector model: load it with colbert::Colbert"
+                    .into(),
+            ));
+        }
         if config.architecture == Architecture::Contriever && !config.shared_towers {
             return Err(RetrieverError::Invalid(
                 "Contriever uses one shared tower: set shared_towers = true".into(),
@@ -99,7 +107,7 @@ impl BiEncoder {
             tower.set_max_length(config.max_length)?;
             tower.set_batch_size(config.encode_batch_size.max(1))?;
             match config.architecture {
-                Architecture::SentenceTransformers => {}
+                Architecture::SentenceTransformers | Architecture::Colbert => {}
                 Architecture::Dpr => tower.set_pooling(Pooling::new(PoolingMode::Cls, false)),
                 Architecture::Contriever => {
                     tower.set_pooling(Pooling::new(PoolingMode::Mean, false))
@@ -125,7 +133,7 @@ impl BiEncoder {
         });
         let similarity = config.similarity.unwrap_or(match config.architecture {
             Architecture::SentenceTransformers => Similarity::Cosine,
-            Architecture::Dpr | Architecture::Contriever => Similarity::Dot,
+            Architecture::Dpr | Architecture::Contriever | Architecture::Colbert => Similarity::Dot,
         });
         Ok(Self {
             query,

@@ -2,13 +2,14 @@
 //! negatives,) train with InfoNCE under the shared trainer, evaluate again with exact search and
 //! HNSW, and write a before/after report with paired bootstrap confidence intervals.
 
+use crate::colbert::{self, Colbert, ColbertConfig};
 use crate::contriever::{self, CropConfig};
 use crate::evaluate::{encode_corpus, evaluate_queries, measures, Evaluation};
 use crate::gradcache::{self, Side};
 use crate::index::HnswConfig;
 use crate::losses;
 use crate::mining::{self, MiningConfig, MiningReport, PairScorer};
-use crate::model::{BiEncoder, Embedder, ModelConfig};
+use crate::model::{Architecture, BiEncoder, Embedder, ModelConfig};
 use crate::{Result, RetrieverError};
 use ragtune_data::split::{split_dataset, SplitConfig};
 use ragtune_data::{Dataset, Triplet};
@@ -149,6 +150,8 @@ pub struct RetrieverConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub objective: ObjectiveConfig,
+    /// ColBERT's settings, used when `model.architecture = "colbert"`.
+    pub colbert: ColbertConfig,
     pub loss: LossConfig,
     pub negatives: NegativesConfig,
     pub report: ReportConfig,
@@ -471,20 +474,19 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     std::fs::create_dir_all(&run_dir).map_err(|e| RetrieverError::io(&run_dir, e))?;
 
     // 2. The base model, evaluated zero-shot.
-    let model = BiEncoder::load(&config.model, device, Kind::Float)?;
-    let hnsw = config.report.hnsw.then_some(config.report.hnsw_config);
-    let eval_split =
-        |model: &BiEncoder, split: &Dataset, hnsw: Option<HnswConfig>| -> Result<Evaluation> {
-            let corpus = encode_corpus(model, &split.corpus, hnsw)?;
-            evaluate_queries(model, &corpus, &split.queries, &split.qrels, hnsw.is_some())
-        };
-    let before = tch::no_grad(|| eval_split(&model, &test, hnsw))?;
-    let before_val = tch::no_grad(|| eval_split(&model, &val, None))?;
+    let model = Retriever::load(config, device)?;
+    let hnsw = config.report.hnsw.then(|| model.hnsw_config(config));
+    let before = model.evaluate(&test, hnsw)?;
+    let before_val = model.evaluate(&val, None)?;
 
     // 3. Training examples: pairs (with mined hard negatives when asked for), or raw documents to crop.
     let mut mining_report = None;
+    let bi_encoder = model.bi_encoder();
     let crops: Vec<TokenizedText> = if config.objective.kind == ObjectiveKind::ContrieverCrops {
         config.objective.crop.validate()?;
+        let bi_encoder = bi_encoder.ok_or_else(|| {
+            RetrieverError::Invalid("Contriever cropping trains a bi-encoder, not ColBERT".into())
+        })?;
         if config.negatives.hard {
             return Err(RetrieverError::Invalid(
                 "objective.kind = \"contriever_crops\" uses in-batch negatives only: set negatives.hard = false".into(),
@@ -494,10 +496,17 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
             Some(path) => contriever::read_corpus(path)?,
             None => train.corpus.clone(),
         };
-        contriever::tokenize_corpus(&model, &docs, &config.objective.crop)?
+        contriever::tokenize_corpus(bi_encoder, &docs, &config.objective.crop)?
     } else {
         Vec::new()
     };
+    if config.negatives.hard && bi_encoder.is_none() {
+        return Err(RetrieverError::Invalid(
+            "negatives.hard mines with a single-vector index: mine with a bi-encoder \
+             (`ragtune retriever mine`) and train ColBERT on negatives.triplets"
+                .into(),
+        ));
+    }
     if config.negatives.hard && config.negatives.triplets.is_some() {
         return Err(RetrieverError::Invalid(
             "negatives.hard (mine now) and negatives.triplets (a mined file) exclude each other"
@@ -515,10 +524,10 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
         Vec::new()
     } else if let Some(path) = &config.negatives.triplets {
         read_training_triplets(path, &train, config.loss.kind.is_distillation())?
-    } else if config.negatives.hard {
+    } else if let (true, Some(bi_encoder)) = (config.negatives.hard, bi_encoder) {
         let (triplets, report) = tch::no_grad(|| {
             mining::mine(
-                &model,
+                bi_encoder,
                 &train.corpus,
                 &train.queries,
                 &train.qrels,
@@ -541,11 +550,15 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     };
     let mut trainer = Trainer::new(config.trainer.clone(), model.var_store(), examples)?;
     while !trainer.finished() {
-        if let (Some(every), true) = (config.negatives.remine_every_steps, config.negatives.hard) {
+        if let (Some(every), true, Some(bi_encoder)) = (
+            config.negatives.remine_every_steps,
+            config.negatives.hard,
+            bi_encoder,
+        ) {
             if trainer.step() > 0 && trainer.step() % every == 0 {
                 let (fresh, report) = tch::no_grad(|| {
                     mining::mine(
-                        &model,
+                        bi_encoder,
                         &train.corpus,
                         &train.queries,
                         &train.qrels,
@@ -565,11 +578,11 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
         }
         trainer.train_step(
             |batch| {
-                if !crops.is_empty() {
+                if let (false, Some(bi_encoder)) = (crops.is_empty(), bi_encoder) {
                     let docs: Vec<&TokenizedText> =
                         batch.indices.iter().map(|&i| &crops[i]).collect();
                     return contriever::crop_batch_loss(
-                        &model,
+                        bi_encoder,
                         &docs,
                         &config.objective.crop,
                         &config.loss,
@@ -579,10 +592,10 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
                     );
                 }
                 let rows: Vec<&Triplet> = batch.indices.iter().map(|&i| &triplets[i]).collect();
-                batch_loss(&model, &rows, &config.loss, batch.step, true)
+                model.batch_loss(&rows, &config.loss, batch.step, true)
             },
             || -> Result<Metrics> {
-                let evaluation = eval_split(&model, &val, None)?;
+                let evaluation = model.evaluate(&val, None)?;
                 Ok(evaluation.exact.mean.clone().into_iter().collect())
             },
         )?;
@@ -593,8 +606,8 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     }
 
     // 5. Final evaluation and the before/after report.
-    let after = tch::no_grad(|| eval_split(&model, &test, hnsw))?;
-    let after_val = tch::no_grad(|| eval_split(&model, &val, None))?;
+    let after = model.evaluate(&test, hnsw)?;
+    let after_val = model.evaluate(&val, None)?;
     model.save(&run_dir.join("model"))?;
     let (report, markdown) =
         build_report(config, &before, &after, &before_val, &after_val, &summary)?;
@@ -613,11 +626,98 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
 
 /// The model of `config` as a teacher that scores (query, passage) pairs.
 pub fn load_teacher(config: &RetrieverConfig, device: Device) -> Result<Box<dyn PairScorer>> {
-    Ok(Box::new(BiEncoder::load(
-        &config.model,
-        device,
-        Kind::Float,
-    )?))
+    Ok(Box::new(Retriever::load(config, device)?))
+}
+
+/// Any retriever the recipe trains: a bi-encoder, or ColBERT (`model.architecture = "colbert"`).
+pub enum Retriever {
+    Bi(Box<BiEncoder>),
+    Colbert(Box<Colbert>),
+}
+
+impl Retriever {
+    pub fn load(config: &RetrieverConfig, device: Device) -> Result<Self> {
+        Ok(match config.model.architecture {
+            Architecture::Colbert => Retriever::Colbert(Box::new(Colbert::load(
+                &config.model,
+                &config.colbert,
+                device,
+            )?)),
+            _ => Retriever::Bi(Box::new(BiEncoder::load(
+                &config.model,
+                device,
+                Kind::Float,
+            )?)),
+        })
+    }
+
+    /// The variables to train.
+    pub fn var_store(&self) -> &tch::nn::VarStore {
+        match self {
+            Retriever::Bi(m) => m.var_store(),
+            Retriever::Colbert(m) => m.var_store(),
+        }
+    }
+
+    pub fn bi_encoder(&self) -> Option<&BiEncoder> {
+        match self {
+            Retriever::Bi(m) => Some(m),
+            Retriever::Colbert(_) => None,
+        }
+    }
+
+    /// The HNSW settings of this model's approximate search: over passages for a bi-encoder,
+    /// over document tokens for ColBERT.
+    pub fn hnsw_config(&self, config: &RetrieverConfig) -> HnswConfig {
+        match self {
+            Retriever::Bi(_) => config.report.hnsw_config,
+            Retriever::Colbert(_) => config.colbert.hnsw,
+        }
+    }
+
+    /// Full-corpus retrieval measures on `split` (exact search, plus HNSW when `hnsw` is set).
+    pub fn evaluate(&self, split: &Dataset, hnsw: Option<HnswConfig>) -> Result<Evaluation> {
+        tch::no_grad(|| match self {
+            Retriever::Bi(m) => {
+                let m: &BiEncoder = m;
+                let corpus = encode_corpus(m, &split.corpus, hnsw)?;
+                evaluate_queries(m, &corpus, &split.queries, &split.qrels, hnsw.is_some())
+            }
+            Retriever::Colbert(m) => {
+                colbert::evaluate(m, &split.corpus, &split.queries, &split.qrels, hnsw)
+            }
+        })
+    }
+
+    /// The loss of a batch of triplets (see [`TripletBatch`]).
+    pub fn batch_loss(
+        &self,
+        batch: &[&Triplet],
+        config: &LossConfig,
+        step: u64,
+        train: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Retriever::Bi(m) => batch_loss(m, batch, config, step, train),
+            Retriever::Colbert(m) => m.batch_loss(batch, config, step, train),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Retriever::Bi(m) => m.save(dir),
+            Retriever::Colbert(m) => m.save(dir),
+        }
+    }
+}
+
+impl PairScorer for Retriever {
+    fn score_pairs(&self, queries: &[&str], passages: &[&str]) -> Result<Vec<f32>> {
+        match self {
+            Retriever::Bi(m) => m.score_pairs(queries, passages),
+            Retriever::Colbert(m) => m.score_pairs(queries, passages),
+        }
+    }
 }
 
 fn model_name(config: &RetrieverConfig) -> String {
@@ -688,9 +788,20 @@ fn build_report(
     ));
     let mut hnsw_json = serde_json::Value::Null;
     if let (Some((hb, rb10, rb100)), Some((ha, ra10, ra100))) = (&before.hnsw, &after.hnsw) {
+        let (graph, what) = if config.model.architecture == Architecture::Colbert {
+            (
+                config.colbert.hnsw,
+                format!(
+                    "over document tokens, {} per query token, MaxSim reranking of their documents",
+                    config.colbert.candidate_tokens
+                ),
+            )
+        } else {
+            (r.hnsw_config, "over passages".to_string())
+        };
         md.push_str(&format!(
-            "\n## Test, HNSW (m {}, ef_construction {}, ef_search {})\n\n| model | nDCG@10 | Recall@100 | recall@10 vs exact | recall@100 vs exact |\n|---|---|---|---|---|\n",
-            r.hnsw_config.m, r.hnsw_config.ef_construction, r.hnsw_config.ef_search
+            "\n## Test, HNSW {what} (m {}, ef_construction {}, ef_search {})\n\n| model | nDCG@10 | Recall@100 | recall@10 vs exact | recall@100 vs exact |\n|---|---|---|---|---|\n",
+            graph.m, graph.ef_construction, graph.ef_search
         ));
         for (label, report, r10, r100) in [
             ("zero-shot", hb, rb10, rb100),
@@ -705,7 +816,7 @@ fn build_report(
             ));
         }
         hnsw_json = json!({
-            "config": r.hnsw_config,
+            "config": graph,
             "zero_shot": {"mean": hb.mean, "recall_vs_exact@10": rb10, "recall_vs_exact@100": rb100},
             "fine_tuned": {"mean": ha.mean, "recall_vs_exact@10": ra10, "recall_vs_exact@100": ra100},
         });
