@@ -75,6 +75,15 @@ enum Command {
         /// Overrides `negatives.hard` (add mined hard negatives).
         #[arg(long)]
         hard_negatives: Option<bool>,
+        /// Overrides `negatives.triplets`: train on this (mined, possibly teacher-scored) file.
+        #[arg(long)]
+        triplets: Option<PathBuf>,
+        /// Overrides `loss.kind`: info_nce, symmetric_info_nce, margin_mse or kl.
+        #[arg(long)]
+        loss: Option<String>,
+        /// Overrides `loss.teacher_scale`.
+        #[arg(long)]
+        teacher_scale: Option<f64>,
         /// Start afresh even when the run folder holds a checkpoint.
         #[arg(long)]
         no_resume: bool,
@@ -178,6 +187,9 @@ pub fn run(args: Args, device: Device) -> Result<()> {
             epochs,
             batch_size,
             hard_negatives,
+            triplets,
+            loss,
+            teacher_scale,
             no_resume,
         } => {
             let mut config = load_config(&common)?;
@@ -189,6 +201,18 @@ pub fn run(args: Args, device: Device) -> Result<()> {
             }
             if let Some(hard) = hard_negatives {
                 config.negatives.hard = hard;
+            }
+            if let Some(path) = triplets {
+                config.negatives.triplets = Some(path);
+            }
+            if let Some(kind) = loss {
+                config.loss.kind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+                    .with_context(|| {
+                        format!("--loss {kind}: expected info_nce, symmetric_info_nce, margin_mse or kl")
+                    })?;
+            }
+            if let Some(scale) = teacher_scale {
+                config.loss.teacher_scale = scale;
             }
             if no_resume {
                 config.trainer.resume = false;
