@@ -50,6 +50,9 @@ pub struct TrainerConfig {
     pub epochs: f64,
     /// Length of the run in optimizer steps; overrides `epochs`.
     pub max_steps: Option<u64>,
+    /// Train on only the first this many examples of the training set (quick runs, benchmarks on
+    /// a subset that a peer can reproduce); the whole set when unset.
+    pub limit_examples: Option<usize>,
     /// Shuffle the training set each epoch (from `seed` and the epoch number).
     pub shuffle: bool,
     /// Drop the last micro-batch of an epoch when it is smaller than `batch_size`.
@@ -77,6 +80,7 @@ impl Default for TrainerConfig {
             grad_accum_steps: 1,
             epochs: 1.0,
             max_steps: None,
+            limit_examples: None,
             shuffle: true,
             drop_last: false,
             max_grad_norm: Some(1.0),
@@ -233,8 +237,14 @@ impl TrainerConfig {
         self.runs_dir.join(&self.run_name)
     }
 
-    /// Micro-batches in one pass over `train_len` examples.
+    /// The examples a run over a training set of `train_len` uses (`limit_examples` applied).
+    pub fn effective_len(&self, train_len: usize) -> usize {
+        self.limit_examples.map_or(train_len, |n| n.min(train_len))
+    }
+
+    /// Micro-batches in one pass over `train_len` examples (`limit_examples` applied).
     pub fn micro_batches_per_epoch(&self, train_len: usize) -> u64 {
+        let train_len = self.effective_len(train_len);
         let full = train_len / self.batch_size;
         let partial = !self.drop_last && train_len % self.batch_size != 0;
         (full + usize::from(partial)) as u64
@@ -260,6 +270,9 @@ impl TrainerConfig {
         }
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1");
+        }
+        if self.limit_examples == Some(0) {
+            return bad("limit_examples", "must be at least 1 (or left out for all)");
         }
         if self.grad_accum_steps == 0 {
             return bad("grad_accum_steps", "must be at least 1");

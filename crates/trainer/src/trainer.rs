@@ -137,6 +137,8 @@ impl Trainer {
     /// and the run folder holds a checkpoint — restores weights, optimizer, RNG and data cursor from it.
     pub fn new(config: TrainerConfig, vs: &VarStore, train_len: usize) -> Result<Self> {
         config.validate()?;
+        // Indices past the limit are never drawn, so the run sees the first `limit_examples` only.
+        let train_len = config.effective_len(train_len);
         if train_len == 0 || (config.drop_last && train_len < config.batch_size) {
             return Err(TrainerError::Config(format!(
                 "the training set has {train_len} examples, too few for one batch of {}",

@@ -361,3 +361,43 @@ fn early_stopping_stops_and_keeps_the_best_checkpoint() {
     assert_eq!(loaded, 2);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn limit_examples_trains_on_the_first_examples_only() {
+    let dir = ragtune_testkit::scratch("trainer-limit");
+    let (vs, linear, x, y, config) = tiny_run(&dir, "limit", "epochs = 2.0\nlimit_examples = 12\n");
+    // 12 of 32 examples in batches of 8: 2 micro-batches an epoch, 4 steps in 2 epochs.
+    assert_eq!(config.total_steps(32), 4);
+    let mut trainer = Trainer::new(config, &vs, 32).unwrap();
+    assert_eq!(trainer.total_steps(), 4);
+    let mut seen = Vec::new();
+    while !trainer.finished() {
+        trainer
+            .train_step(
+                |batch| {
+                    seen.extend_from_slice(batch.indices);
+                    let index = Tensor::from_slice(
+                        &batch.indices.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    );
+                    Ok::<_, TrainerError>(
+                        linear
+                            .forward(&x.index_select(0, &index))
+                            .mse_loss(&y.index_select(0, &index), tch::Reduction::Mean),
+                    )
+                },
+                || Ok(Metrics::new()),
+            )
+            .unwrap();
+    }
+    seen.sort_unstable();
+    let expected: Vec<usize> = (0..12).flat_map(|i| [i, i]).collect();
+    assert_eq!(
+        seen, expected,
+        "each of the first 12 examples once per epoch"
+    );
+    let err = TrainerConfig::from_toml_str("limit_examples = 0\n", Path::new("recipe.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limit_examples"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
