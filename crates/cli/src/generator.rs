@@ -5,10 +5,10 @@ use anyhow::{bail, Context, Result};
 use ragtune_data::{Dataset, Preference};
 use ragtune_generator_train::config::GeneratorConfig;
 use ragtune_generator_train::contexts::LexicalIndex;
-use ragtune_generator_train::evaluate::{evaluate, EvalReport};
-use ragtune_generator_train::prompt::PromptBuilder;
 use ragtune_generator_train::dpo::{self, ReferenceLogps, ReferenceModel};
+use ragtune_generator_train::evaluate::{evaluate, EvalReport};
 use ragtune_generator_train::make_pairs::{make_pairs, PairContext};
+use ragtune_generator_train::prompt::PromptBuilder;
 use ragtune_generator_train::sft;
 use ragtune_models::llama_load::{load_causal_lm, CausalLm};
 use ragtune_models::peft::{self, Peft, PeftConfig};
@@ -510,10 +510,10 @@ fn dpo_cmd(path: &Path, device: Device) -> Result<()> {
     };
     // Held-out rewards are always measured against the base (adapter off), for both models.
     let fill = |lm: &mut CausalLm,
-                    pairs: &mut [dpo::PairExample],
-                    adapter: Option<&Peft>,
-                    fp: &str,
-                    what: &str|
+                pairs: &mut [dpo::PairExample],
+                adapter: Option<&Peft>,
+                fp: &str,
+                what: &str|
      -> Result<()> {
         let bar = progress(pairs.len(), &format!("pairs ({what} reference log-probs)"));
         let stats = dpo::fill_reference(
@@ -539,7 +539,13 @@ fn dpo_cmd(path: &Path, device: Device) -> Result<()> {
     fill(&mut lm, &mut eval_pairs, None, &base_fp, "held-out, base")?;
     let mut eval_vs_sft = eval_pairs.clone();
     if let Some(r) = &reference {
-        fill(&mut lm, &mut eval_vs_sft, Some(r), &train_fp, "held-out, SFT")?;
+        fill(
+            &mut lm,
+            &mut eval_vs_sft,
+            Some(r),
+            &train_fp,
+            "held-out, SFT",
+        )?;
     }
     if settings.reference_logps == ReferenceLogps::Cached {
         fill(
@@ -647,7 +653,10 @@ fn dpo_cmd(path: &Path, device: Device) -> Result<()> {
         })).collect::<Vec<_>>(),
     });
     let out = run_dir.join("report.json");
-    ragtune_models::checkpoint::atomic_write(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    ragtune_models::checkpoint::atomic_write(
+        &out,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     println!("report: {}", out.display());
     Ok(())
 }

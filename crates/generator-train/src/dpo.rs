@@ -128,21 +128,24 @@ pub fn build_pairs(prefs: &[Preference], builder: &PromptBuilder) -> Result<Vec<
                         .collect()
                 })
                 .unwrap_or_default();
-            let one = |answer: &str| -> Result<SftExample> {
-                let enc = builder.encode(&p.prompt, &passages, Some(answer))?;
-                let prompt_len = enc.prompt.len();
-                let mut input_ids = enc.prompt;
-                input_ids.extend(enc.answer);
-                Ok(SftExample {
-                    id: p.id.clone(),
-                    input_ids,
-                    prompt_len,
-                })
+            let chosen = builder.encode(&p.prompt, &passages, Some(&p.chosen))?;
+            let rejected = builder.encode(&p.prompt, &passages, Some(&p.rejected))?;
+            // The max-length policy cuts more context before the longer answer; both answers must
+            // follow the same prompt (as TRL's shared prompt_ids), so both get the shorter one.
+            let prompt = if chosen.prompt.len() <= rejected.prompt.len() {
+                chosen.prompt
+            } else {
+                rejected.prompt
+            };
+            let one = |answer: Vec<i64>| SftExample {
+                id: p.id.clone(),
+                input_ids: prompt.iter().copied().chain(answer).collect(),
+                prompt_len: prompt.len(),
             };
             Ok(PairExample {
                 id: p.id.clone(),
-                chosen: one(&p.chosen)?,
-                rejected: one(&p.rejected)?,
+                chosen: one(chosen.answer),
+                rejected: one(rejected.answer),
                 reference: None,
             })
         })
@@ -315,7 +318,11 @@ fn reference_tensors(pairs: &[&PairExample], device: Device) -> Result<(Tensor, 
         c.push(a);
         r.push(b);
     }
-    let t = |v: Vec<f64>| Tensor::from_slice(&v).to_kind(Kind::Float).to_device(device);
+    let t = |v: Vec<f64>| {
+        Tensor::from_slice(&v)
+            .to_kind(Kind::Float)
+            .to_device(device)
+    };
     Ok((t(c), t(r)))
 }
 
