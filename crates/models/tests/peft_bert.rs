@@ -212,6 +212,15 @@ fn minilm_lora_on_every_dense_layer_matches_peft_including_the_pooler() {
     compare_with_peft(&asset("all-MiniLM-L6-v2"), "peft-minilm", &configs, &work);
 }
 
+/// The model owns its adapter (no `Rc`), so a BERT with an adapter can still move to another
+/// thread, as a plain one can.
+#[test]
+fn a_bert_with_an_adapter_stays_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<BertModel>();
+    assert_send::<ragtune_models::encoder::SentenceEncoder>();
+}
+
 #[test]
 fn under_lora_only_the_adapter_gets_gradients() {
     let dir = asset("bert-tiny");

@@ -133,6 +133,26 @@ fn fresh_bottleneck_adapters_leave_bert_and_the_llama_unchanged() {
     }
 }
 
+/// Pfeiffer's adapter reads the layer's own add-and-norm of the sublayer output
+/// (`original_ln_before`); switching that off, with the same weights, gives another model.
+#[test]
+fn pfeiffer_feeds_the_adapter_the_normalized_sum() {
+    let (_vs, mut model) = bert();
+    let batch = batch();
+    let mut outputs = vec![];
+    for ln_before in [true, false] {
+        let config = parse(&format!(
+            "method = \"bottleneck\"\nplacement = \"pfeiffer\"\noriginal_ln_before = {ln_before}"
+        ));
+        let adapter = EncoderPeft::new(&config, &model, Device::Cpu).unwrap();
+        perturb(adapter.var_store(), 9);
+        model.set_adapter(Some(adapter));
+        outputs.push(tch::no_grad(|| model.forward_t(&batch.as_input(), false)));
+    }
+    let d = max_diff(&outputs[0], &outputs[1]);
+    assert!(d > 1e-3, "original_ln_before made no difference ({d})");
+}
+
 #[test]
 fn bottleneck_adapters_save_and_load_in_their_own_format() {
     let work = scratch("peft-bottleneck-files");
