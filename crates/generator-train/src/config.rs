@@ -1,9 +1,9 @@
 //! The run config (`configs/generator*.toml`): model, data, prompt, contexts, PEFT and trainer.
 
 use crate::contexts::ContextConfig;
-use crate::packing::PackingConfig;
 use crate::dpo::DpoSettings;
 use crate::make_pairs::PairsSettings;
+use crate::packing::PackingConfig;
 use crate::prompt::PromptConfig;
 use crate::{GeneratorError, Result};
 use ragtune_models::peft::PeftConfig;

@@ -100,7 +100,7 @@ fn lora(model: &Llama, dropout: f64) -> Peft {
     let adapter = Peft::new(&config, model, Device::Cpu, None).unwrap();
     tch::no_grad(|| {
         for (_, v) in adapter.var_store().variables() {
-            let _ = v.shallow_clone().copy_(&(Tensor::randn_like(&v) * 0.1));
+            v.shallow_clone().copy_(&(Tensor::randn_like(&v) * 0.1));
         }
     });
     adapter
