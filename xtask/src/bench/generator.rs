@@ -28,9 +28,10 @@ pub struct GeneratorArgs {
     /// Run TRL in fp32 instead of its default bf16 autocast (ragtune follows `trainer.precision`).
     #[arg(long)]
     trl_fp32: bool,
-    /// TRL without gradient checkpointing (SFTConfig turns it on by default).
+    /// Both sides without gradient checkpointing (TRL's SFTConfig turns it on by default, and
+    /// the bench config does for ragtune).
     #[arg(long)]
-    trl_no_gradient_checkpointing: bool,
+    no_gradient_checkpointing: bool,
     /// Also run ragtune with best-fit-decreasing packing (`[packing] max_length` tokens per row).
     #[arg(long)]
     packing: bool,
@@ -60,7 +61,10 @@ pub fn run(root: &Path, python: &Path, args: GeneratorArgs) -> Result<()> {
         .with_context(|| format!("reading {}", base_path.display()))?;
     let base: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", base_path.display()))?;
-    let settings = Settings::from_config(&base, &base_path)?;
+    let mut settings = Settings::from_config(&base, &base_path)?;
+    if args.no_gradient_checkpointing {
+        settings.gradient_checkpointing = false;
+    }
 
     let mut sides = Vec::new();
     let mut examples_file: Option<PathBuf> = None;
@@ -79,6 +83,9 @@ pub fn run(root: &Path, python: &Path, args: GeneratorArgs) -> Result<()> {
         );
         table(&mut config, "trainer")?.insert("run_name".into(), run_name.clone().into());
         table(&mut config, "packing")?.insert("enabled".into(), packed.into());
+        if args.no_gradient_checkpointing {
+            config.insert("gradient_checkpointing".into(), false.into());
+        }
         let path = work.join(format!("{run_name}.toml"));
         std::fs::write(&path, toml::to_string(&config)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -125,7 +132,7 @@ pub fn run(root: &Path, python: &Path, args: GeneratorArgs) -> Result<()> {
         .args(["--bf16", if args.trl_fp32 { "0" } else { "1" }])
         .args([
             "--gradient-checkpointing",
-            if args.trl_no_gradient_checkpointing {
+            if args.no_gradient_checkpointing {
                 "0"
             } else {
                 "1"
@@ -137,7 +144,7 @@ pub fn run(root: &Path, python: &Path, args: GeneratorArgs) -> Result<()> {
     let trl_name = format!(
         "TRL SFTTrainer + PEFT LoRA ({}{})",
         if args.trl_fp32 { "fp32" } else { "bf16" },
-        if args.trl_no_gradient_checkpointing {
+        if args.no_gradient_checkpointing {
             ""
         } else {
             ", grad ckpt"
