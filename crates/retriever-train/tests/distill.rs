@@ -1,6 +1,6 @@
 //! Distillation end to end on a slice of the FAQ: bert-tiny mines triplets, a teacher retriever
 //! (all-MiniLM-L6-v2) rescores them into the triplets Parquet, and bert-tiny trains on the
-//! teacher's scores with Margin-MSE and with KL.
+//! teacher's scores (Margin-MSE; the KL batch loss is checked against the formula).
 
 use ragtune_data::Triplet;
 use ragtune_retriever_train::index::SearchKind;
@@ -216,8 +216,9 @@ fn teacher_scores_go_into_the_triplets_and_the_student_learns_them() {
         );
     }
 
-    // 4. Training on the scored file: the distillation loss falls, for both losses.
-    for (kind, name) in [(LossKind::MarginMse, "margin-mse"), (LossKind::Kl, "kl")] {
+    // 4. Training on the scored file: the distillation loss falls. (KL trains through the same
+    // path; step 3 checked its batch loss.)
+    for (kind, name) in [(LossKind::MarginMse, "margin-mse")] {
         let mut run = config.clone();
         run.trainer.run_name = name.into();
         run.loss.kind = kind;
