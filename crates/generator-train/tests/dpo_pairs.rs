@@ -45,7 +45,10 @@ fn data() -> (Vec<Doc>, Vec<QaExample>) {
         metadata: None,
     };
     let docs = vec![
-        doc("d1", "Fences higher than 1.1 metres need a building permit."),
+        doc(
+            "d1",
+            "Fences higher than 1.1 metres need a building permit.",
+        ),
         doc("d2", "A fence permit costs a fee set by the municipality."),
         doc("d3", "Roofs are inspected by the municipal inspector."),
         doc("d4", "Permits are valid for two years."),
@@ -59,8 +62,18 @@ fn data() -> (Vec<Doc>, Vec<QaExample>) {
         label: None,
     };
     let qa = vec![
-        qa("q1", "Does a fence need a permit?", "Yes, above 1.1 m.", "d1"),
-        qa("q2", "Who inspects roofs?", "The municipal inspector.", "d3"),
+        qa(
+            "q1",
+            "Does a fence need a permit?",
+            "Yes, above 1.1 m.",
+            "d1",
+        ),
+        qa(
+            "q2",
+            "Who inspects roofs?",
+            "The municipal inspector.",
+            "d3",
+        ),
         qa("q3", "How long is a permit valid?", "Two years.", "d4"),
     ];
     (docs, qa)
@@ -163,8 +176,9 @@ fn both_answers_of_a_pair_follow_one_prompt_under_the_length_limit() {
         id: "x".into(),
         prompt: "Does a fence need a permit?".into(),
         chosen: "Yes.".into(),
-        rejected: "No, and here is a much longer answer that pushes the passages out of the prompt."
-            .into(),
+        rejected:
+            "No, and here is a much longer answer that pushes the passages out of the prompt."
+                .into(),
         context: Some(
             "Fences higher than 1.1 metres need a building permit.\n\nA fence permit costs a fee."
                 .into(),
