@@ -118,6 +118,13 @@ impl Colbert {
                 config.query_length, config.dim
             )));
         }
+        if model.peft.is_some() {
+            return Err(RetrieverError::Invalid(
+                "colbert: [model.peft] is not supported for ColBERT yet; remove it to train every \
+                 weight, or use a bi-encoder architecture for adapters"
+                    .into(),
+            ));
+        }
         let mut encoder = SentenceEncoder::load(&model.base, device, Kind::Float)?;
         encoder.set_max_length(model.max_length.max(config.query_length))?;
         encoder.set_batch_size(model.encode_batch_size.max(1))?;

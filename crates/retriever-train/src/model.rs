@@ -11,7 +11,6 @@ use crate::{Result, RetrieverError};
 use ragtune_models::encoder::SentenceEncoder;
 use ragtune_models::pooling::{Pooling, PoolingMode};
 use ragtune_models::tokenize::{EncodedBatch, TokenizedText};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
@@ -226,49 +225,4 @@ fn share_variables(into: &nn::VarStore, prefix: &str, from: &nn::VarStore) {
         let trainable = tensor.requires_grad();
         let _registered = path.add(last, tensor.shallow_clone(), trainable);
     }
-}
-
-/// Contriever's independent cropping: two random spans of one text's tokens (without [CLS]/[SEP]),
-/// each of a length drawn from `ratio_range` of the text's length, wrapped in `cls`/`sep` again.
-/// The two spans of a text are each other's positive; the batch's other spans are negatives.
-pub fn independent_crops(
-    text: &TokenizedText,
-    ratio_range: (f64, f64),
-    rng: &mut impl Rng,
-) -> (TokenizedText, TokenizedText) {
-    let ids = &text.ids;
-    let (cls, sep) = (
-        ids.first().copied().unwrap_or(0),
-        ids.last().copied().unwrap_or(0),
-    );
-    let body = if ids.len() >= 2 {
-        &ids[1..ids.len() - 1]
-    } else {
-        &ids[..0]
-    };
-    let mut crop = || {
-        let n = body.len();
-        let ratio = if ratio_range.1 > ratio_range.0 {
-            rng.gen_range(ratio_range.0..=ratio_range.1)
-        } else {
-            ratio_range.0
-        };
-        let len = ((n as f64 * ratio).round() as usize).clamp(n.min(1), n);
-        let start = if n > len {
-            rng.gen_range(0..=n - len)
-        } else {
-            0
-        };
-        let mut ids = Vec::with_capacity(len + 2);
-        ids.push(cls);
-        ids.extend_from_slice(&body[start..start + len]);
-        ids.push(sep);
-        TokenizedText {
-            type_ids: vec![0; ids.len()],
-            ids,
-        }
-    };
-    let first = crop();
-    let second = crop();
-    (first, second)
 }
