@@ -2,44 +2,23 @@
 //! the plain backward pass, for LoRA with dropout (the recomputation must replay the RNG), full
 //! fine-tuning, packed rows, and bf16 autocast.
 
+mod common;
+
+use common::tiny_llama;
 use ragtune_generator_train::loss::completion_loss;
 use ragtune_generator_train::packing::collate_packed;
 use ragtune_generator_train::sft::{collate, packed_loss, SftExample};
-use ragtune_models::llama::{Llama, LlamaConfig};
+use ragtune_models::llama::Llama;
 use ragtune_models::peft::{self, Peft, PeftConfig};
 use ragtune_trainer::precision::autocast_bf16;
-use serde_json::json;
 use tch::{nn, Device, Tensor};
 
 /// torch's default generator is global and the tests of this file run on parallel threads; each
 /// test holds this lock so that its seeded runs see the same random streams.
 static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn tiny_llama() -> (nn::VarStore, Llama) {
-    let config: LlamaConfig = serde_json::from_value(json!({
-        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": true,
-        "rms_norm_eps": 1e-5, "model_type": "llama", "hidden_act": "silu"
-    }))
-    .unwrap();
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &config).unwrap();
-    (vs, model)
-}
-
 fn examples() -> Vec<SftExample> {
-    [(9, 4), (5, 2), (13, 7), (7, 3)]
-        .iter()
-        .enumerate()
-        .map(|(k, &(n, p))| SftExample {
-            id: format!("e{k}"),
-            input_ids: (0..n)
-                .map(|t| 3 + ((k * 37 + t * 11) % 290) as i64)
-                .collect(),
-            prompt_len: p,
-        })
-        .collect()
+    common::synthetic_examples(&[(9, 4), (5, 2), (13, 7), (7, 3)])
 }
 
 fn take_grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {

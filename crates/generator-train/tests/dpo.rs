@@ -3,42 +3,25 @@
 //! resumes exactly from a checkpoint; and, on SmolLM2 with a saved LoRA, our per-sequence
 //! log-probs, reference log-probs, rewards and losses match TRL 1.16's DPOTrainer.
 
+mod common;
+
 use ragtune_generator_train::config::GeneratorConfig;
 use ragtune_generator_train::dpo::{self, PairExample, ReferenceLogps};
 use ragtune_generator_train::prompt::{PromptBuilder, PromptConfig};
 use ragtune_generator_train::sft::SftExample;
 use ragtune_models::gguf_convert::convert_gguf_to_hf;
-use ragtune_models::llama::{Llama, LlamaConfig};
 use ragtune_models::llama_load::{load_hf_folder, CausalLm};
 use ragtune_models::peft::{Peft, PeftConfig};
 use ragtune_testkit::{asset, reference, scratch};
 use serde_json::json;
 use std::path::Path;
-use tch::{nn, Device, Kind, Tensor};
-
-fn tiny_lm() -> CausalLm {
-    let config: LlamaConfig = serde_json::from_value(json!({
-        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": true,
-        "rms_norm_eps": 1e-5, "model_type": "llama", "hidden_act": "silu"
-    }))
-    .unwrap();
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &config).unwrap();
-    let gguf = ragtune_models::gguf::GgufFile::open(
-        &asset("smollm2-135m-instruct").join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-    )
-    .unwrap();
-    CausalLm {
-        config,
-        var_store: vs,
-        model,
-        tokenizer: ragtune_models::gguf_tokenizer::tokenizer_from_gguf(&gguf).unwrap(),
-    }
-}
+use tch::{Device, Kind, Tensor};
 
 /// Pairs over the tiny vocabulary: the chosen answers share a pattern, the rejected ones another.
+fn tiny_lm() -> CausalLm {
+    common::tiny_causal_lm(common::tiny_config(300, 32, 2))
+}
+
 fn tiny_pairs(n: i64) -> Vec<PairExample> {
     (0..n)
         .map(|i| PairExample {

@@ -2,6 +2,8 @@
 //! written closed-book or from a wrong passage; the stored context is what the model sees at train
 //! time (RAFT) or at deployment (top-k); both answers of a pair follow one prompt after tokenizing.
 
+mod common;
+
 use ragtune_data::{Doc, QaExample};
 use ragtune_generator_train::contexts::{raft, retrieved, ContextConfig, LexicalIndex};
 use ragtune_generator_train::dpo::build_pairs;
@@ -9,32 +11,10 @@ use ragtune_generator_train::make_pairs::{
     join_context, make_pairs, PairContext, PairsSettings, RejectedSource,
 };
 use ragtune_generator_train::prompt::{PromptBuilder, PromptConfig};
-use ragtune_models::llama::{Llama, LlamaConfig};
 use ragtune_models::llama_load::CausalLm;
-use ragtune_testkit::asset;
-use serde_json::json;
-use tch::{nn, Device};
 
 fn tiny_lm() -> CausalLm {
-    let config: LlamaConfig = serde_json::from_value(json!({
-        "vocab_size": 49152, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": true,
-        "rms_norm_eps": 1e-5, "model_type": "llama", "hidden_act": "silu"
-    }))
-    .unwrap();
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &config).unwrap();
-    let gguf = ragtune_models::gguf::GgufFile::open(
-        &asset("smollm2-135m-instruct").join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-    )
-    .unwrap();
-    CausalLm {
-        config,
-        var_store: vs,
-        model,
-        tokenizer: ragtune_models::gguf_tokenizer::tokenizer_from_gguf(&gguf).unwrap(),
-    }
+    common::tiny_causal_lm(common::tiny_config(49152, 16, 1))
 }
 
 fn data() -> (Vec<Doc>, Vec<QaExample>) {

@@ -1,12 +1,14 @@
 //! DPO losses against TRL 1.16's formulas; the completion-only loss against a plain full-vocabulary
 //! cross-entropy on a tiny random Llama; the max-length policy and collation.
 
+mod common;
+
+use common::tiny_llama;
 use ragtune_generator_train::loss::{completion_loss, dpo_loss, sequence_logps, DpoLossKind};
 use ragtune_generator_train::sft::{collate, SftExample};
-use ragtune_models::llama::{Llama, LlamaConfig};
 use ragtune_testkit::reference;
 use serde_json::json;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 fn vec_of(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap()
@@ -48,19 +50,6 @@ fn dpo_losses_match_trl() {
         let acc = out.reward_accuracy();
         assert!((0.0..=1.0).contains(&acc));
     }
-}
-
-fn tiny_llama() -> (nn::VarStore, Llama) {
-    let config: LlamaConfig = serde_json::from_value(json!({
-        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": true,
-        "rms_norm_eps": 1e-5, "model_type": "llama", "hidden_act": "silu"
-    }))
-    .unwrap();
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &config).unwrap();
-    (vs, model)
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Packing: best-fit decreasing against a direct implementation of its definition, and a packed
 //! batch's loss and LoRA gradients against the same examples run unpacked (one per padded row).
 
+mod common;
+
+use common::tiny_llama;
 use ragtune_generator_train::loss::completion_loss;
 use ragtune_generator_train::packing::{best_fit_decreasing, collate_packed};
 use ragtune_generator_train::sft::{collate, packed_loss, SftExample};
-use ragtune_models::llama::{Llama, LlamaConfig};
 use ragtune_models::peft::{Peft, PeftConfig};
-use serde_json::json;
 use tch::{nn, Device, Tensor};
 
 /// BFD as defined: longest first (ties by index); each item into the bin with the least room
@@ -68,31 +69,8 @@ fn best_fit_decreasing_puts_each_item_into_the_fullest_bin_that_fits() {
     assert!(err.contains("example 1") && err.contains("11"), "{err}");
 }
 
-fn tiny_llama() -> (nn::VarStore, Llama) {
-    let config: LlamaConfig = serde_json::from_value(json!({
-        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": true,
-        "rms_norm_eps": 1e-5, "model_type": "llama", "hidden_act": "silu"
-    }))
-    .unwrap();
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &config).unwrap();
-    (vs, model)
-}
-
 fn examples() -> Vec<SftExample> {
-    let lens = [(9, 4), (5, 2), (13, 7), (3, 1), (7, 3), (11, 8), (4, 2)];
-    lens.iter()
-        .enumerate()
-        .map(|(k, &(n, p))| SftExample {
-            id: format!("e{k}"),
-            input_ids: (0..n)
-                .map(|t| 3 + ((k * 37 + t * 11) % 290) as i64)
-                .collect(),
-            prompt_len: p,
-        })
-        .collect()
+    common::synthetic_examples(&[(9, 4), (5, 2), (13, 7), (3, 1), (7, 3), (11, 8), (4, 2)])
 }
 
 fn grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
