@@ -2,6 +2,8 @@
 //! colbert-ai (tests/reference/colbert_ref.py), masks (padding and punctuation never win the max),
 //! HNSW candidate generation against exact MaxSim, and a short training run whose loss falls.
 
+mod common;
+
 use ragtune_retriever_train::colbert::{self, Colbert, ColbertConfig};
 use ragtune_retriever_train::index::{recall_vs_exact, HnswConfig};
 use ragtune_retriever_train::mining::{passage_text, PairScorer};
@@ -21,11 +23,7 @@ fn tiny(max_length: usize) -> ModelConfig {
     }
 }
 
-fn faq() -> ragtune_data::Dataset {
-    ragtune_data::import::import_faq(&ragtune_testkit::asset("zaragoza-faq").join("faq-en.jsonl"))
-        .unwrap()
-        .0
-}
+use common::faq;
 
 #[test]
 fn encoding_and_maxsim_match_the_colbert_reference() {
@@ -218,15 +216,7 @@ fn hnsw_candidates_recover_exact_maxsim() {
 #[test]
 fn colbert_trains_on_bert_tiny_and_the_loss_falls() {
     let dir = ragtune_testkit::scratch("colbert-train");
-    let mut ds = faq();
-    ds.corpus.truncate(64);
-    let kept: HashSet<String> = ds.corpus.iter().map(|d| d.doc_id.clone()).collect();
-    ds.qrels.retain(|q| kept.contains(&q.doc_id));
-    let judged: HashSet<String> = ds.qrels.iter().map(|q| q.query_id.clone()).collect();
-    ds.queries.retain(|q| judged.contains(&q.query_id));
-    ds.qa.clear();
-    let data_dir = dir.join("faq-slice");
-    ds.write(&data_dir).unwrap();
+    let data_dir = common::write_slice(faq(), 64, &dir);
 
     let mut config: RetrieverConfig = toml::from_str(
         r#"

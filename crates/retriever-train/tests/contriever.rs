@@ -1,12 +1,13 @@
 //! Contriever's independent cropping: seeded determinism, crop bounds, both views from one document,
 //! and a short unsupervised run on bert-tiny over a raw corpus table whose loss falls.
 
+mod common;
+
 use ragtune_models::tokenize::TokenizedText;
 use ragtune_retriever_train::contriever::{self, independent_crops, random_crop, CropConfig};
 use ragtune_retriever_train::model::{Architecture, BiEncoder, ModelConfig};
 use ragtune_retriever_train::train::{self, LossConfig, ObjectiveKind, RetrieverConfig};
 use rand::SeedableRng;
-use std::collections::HashSet;
 use tch::{Device, Kind};
 
 fn doc(n: usize) -> TokenizedText {
@@ -107,15 +108,7 @@ fn cropping_trains_bert_tiny_on_a_raw_corpus_and_the_loss_falls() {
     // The raw corpus is a corpus table alone; evaluation uses a small FAQ dataset folder.
     let corpus_path = dir.join("raw-corpus.parquet");
     ragtune_data::write_table(&corpus_path, &ds.corpus[..160]).unwrap();
-    let mut small = ds.clone();
-    small.corpus.truncate(60);
-    let kept: HashSet<String> = small.corpus.iter().map(|d| d.doc_id.clone()).collect();
-    small.qrels.retain(|q| kept.contains(&q.doc_id));
-    let judged: HashSet<String> = small.qrels.iter().map(|q| q.query_id.clone()).collect();
-    small.queries.retain(|q| judged.contains(&q.query_id));
-    small.qa.clear();
-    let data_dir = dir.join("faq-slice");
-    small.write(&data_dir).unwrap();
+    let data_dir = common::write_slice(ds.clone(), 60, &dir);
 
     let mut config: RetrieverConfig = toml::from_str(
         r#"

@@ -2,30 +2,19 @@
 //! (all-MiniLM-L6-v2) rescores them into the triplets Parquet, and bert-tiny trains on the
 //! teacher's scores (Margin-MSE; the KL batch loss is checked against the formula).
 
+mod common;
+
 use ragtune_data::Triplet;
 use ragtune_retriever_train::index::SearchKind;
 use ragtune_retriever_train::losses;
 use ragtune_retriever_train::mining::{self, MiningConfig};
 use ragtune_retriever_train::model::{BiEncoder, Embedder, ModelConfig};
 use ragtune_retriever_train::train::{self, LossConfig, LossKind, RetrieverConfig, TripletBatch};
-use std::collections::HashSet;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 fn faq_slice(dir: &Path, rows: usize) -> std::path::PathBuf {
-    let (mut ds, _) = ragtune_data::import::import_faq(
-        &ragtune_testkit::asset("zaragoza-faq").join("faq-en.jsonl"),
-    )
-    .unwrap();
-    ds.corpus.truncate(rows);
-    let kept: HashSet<String> = ds.corpus.iter().map(|d| d.doc_id.clone()).collect();
-    ds.qrels.retain(|q| kept.contains(&q.doc_id));
-    let judged: HashSet<String> = ds.qrels.iter().map(|q| q.query_id.clone()).collect();
-    ds.queries.retain(|q| judged.contains(&q.query_id));
-    ds.qa.clear();
-    let out = dir.join("faq-slice");
-    ds.write(&out).unwrap();
-    out
+    common::write_slice(common::faq(), rows, dir)
 }
 
 fn tiny_config() -> ModelConfig {

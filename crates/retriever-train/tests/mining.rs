@@ -1,5 +1,7 @@
 //! Hard-negative mining on a slice of the FAQ with bert-tiny: filters, seeding, HNSW vs exact, Parquet.
 
+mod common;
+
 use ragtune_data::{Dataset, Triplet};
 use ragtune_retriever_train::index::{recall_vs_exact, DenseIndex, HnswConfig, SearchKind};
 use ragtune_retriever_train::mining::{mine, MiningConfig, NegativeSampling};
@@ -8,16 +10,7 @@ use std::collections::HashSet;
 use tch::{Device, Kind, Tensor};
 
 fn faq_slice(rows: usize) -> Dataset {
-    let (mut ds, _) = ragtune_data::import::import_faq(
-        &ragtune_testkit::asset("zaragoza-faq").join("faq-en.jsonl"),
-    )
-    .unwrap();
-    ds.corpus.truncate(rows);
-    let kept: HashSet<String> = ds.corpus.iter().map(|d| d.doc_id.clone()).collect();
-    ds.qrels.retain(|q| kept.contains(&q.doc_id));
-    let judged: HashSet<String> = ds.qrels.iter().map(|q| q.query_id.clone()).collect();
-    ds.queries.retain(|q| judged.contains(&q.query_id));
-    ds
+    common::slice(common::faq(), rows)
 }
 
 fn tiny() -> BiEncoder {

@@ -1,27 +1,17 @@
 //! The whole recipe on a slice of the FAQ with bert-tiny: mining, ANCE re-mining, GradCache,
 //! evaluation, report, export and resume.
 
+mod common;
+
 use ragtune_retriever_train::index::SearchKind;
 use ragtune_retriever_train::model::ModelConfig;
 use ragtune_retriever_train::train::{self, RetrieverConfig};
-use std::collections::HashSet;
 use tch::Device;
 
 #[test]
 fn recipe_runs_end_to_end_and_resumes() {
     let dir = ragtune_testkit::scratch("retriever-train");
-    let (mut ds, _) = ragtune_data::import::import_faq(
-        &ragtune_testkit::asset("zaragoza-faq").join("faq-en.jsonl"),
-    )
-    .unwrap();
-    ds.corpus.truncate(48);
-    let kept: HashSet<String> = ds.corpus.iter().map(|d| d.doc_id.clone()).collect();
-    ds.qrels.retain(|q| kept.contains(&q.doc_id));
-    let judged: HashSet<String> = ds.qrels.iter().map(|q| q.query_id.clone()).collect();
-    ds.queries.retain(|q| judged.contains(&q.query_id));
-    ds.qa.clear();
-    let data_dir = dir.join("faq-slice");
-    ds.write(&data_dir).unwrap();
+    let data_dir = common::write_slice(common::faq(), 48, &dir);
 
     let mut config: RetrieverConfig = toml::from_str(
         r#"
