@@ -27,6 +27,23 @@ pub struct EvalReport {
     pub predictions: Vec<Prediction>,
 }
 
+/// Greedy decoding that stops at the tokenizer's EOS or at ChatML's `<|im_end|>` (the end of an
+/// assistant turn), whichever comes first: how answers are generated for scoring and for pairs.
+pub fn greedy_chat_generation(lm: &CausalLm, max_new_tokens: usize) -> Result<GenerationConfig> {
+    let im_end = lm.tokenizer.encode("<|im_end|>", false)?;
+    let mut eos_token_ids = vec![lm.tokenizer.eos_token_id()];
+    if let [id] = im_end.as_slice() {
+        eos_token_ids.push(*id);
+    }
+    Ok(GenerationConfig {
+        max_new_tokens,
+        sampling: Sampling::Greedy,
+        seed: 0,
+        eos_token_ids,
+        pad_token_id: lm.tokenizer.pad_token_id(),
+    })
+}
+
 /// Generates answers with `lm` as it stands (attach an adapter first to evaluate it) for the
 /// first `settings.limit` questions, with the top-k lexical passages in the prompt.
 pub fn evaluate(
@@ -42,18 +59,7 @@ pub fn evaluate(
     if qa.is_empty() {
         return Err(GeneratorError::Invalid("no examples to evaluate".into()));
     }
-    let im_end = lm.tokenizer.encode("<|im_end|>", false)?;
-    let mut eos = vec![lm.tokenizer.eos_token_id()];
-    if let [id] = im_end.as_slice() {
-        eos.push(*id);
-    }
-    let gen = GenerationConfig {
-        max_new_tokens: settings.max_new_tokens,
-        sampling: Sampling::Greedy,
-        seed: 0,
-        eos_token_ids: eos,
-        pad_token_id: lm.tokenizer.pad_token_id(),
-    };
+    let gen = greedy_chat_generation(lm, settings.max_new_tokens)?;
     let mut predictions = vec![];
     let mut contexts = vec![];
     for chunk in qa.chunks(settings.batch_size.max(1)) {

@@ -8,7 +8,7 @@ use crate::contexts::{raft, retrieved, ContextConfig, LexicalIndex};
 use crate::prompt::PromptBuilder;
 use crate::{GeneratorError, Result};
 use ragtune_data::{Preference, QaExample};
-use ragtune_models::generation::{generate, GenerationConfig, Sampling};
+use ragtune_models::generation::generate;
 use ragtune_models::llama_load::CausalLm;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -108,18 +108,7 @@ pub fn make_pairs(
     context: PairContext,
     mut on_batch: impl FnMut(usize),
 ) -> Result<MadePairs> {
-    let im_end = lm.tokenizer.encode("<|im_end|>", false)?;
-    let mut eos = vec![lm.tokenizer.eos_token_id()];
-    if let [id] = im_end.as_slice() {
-        eos.push(*id);
-    }
-    let gen = GenerationConfig {
-        max_new_tokens: settings.max_new_tokens,
-        sampling: Sampling::Greedy,
-        seed: 0,
-        eos_token_ids: eos,
-        pad_token_id: lm.tokenizer.pad_token_id(),
-    };
+    let gen = crate::evaluate::greedy_chat_generation(lm, settings.max_new_tokens)?;
     let mut out = MadePairs::default();
     let mut row = 0usize;
     for chunk in qa.chunks(settings.batch_size.max(1)) {

@@ -93,11 +93,7 @@ impl EncoderPeft {
 
     /// Number of trainable adapter values.
     pub fn trainable_parameters(&self) -> i64 {
-        self.var_store()
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum()
+        super::count_trainable(self.var_store())
     }
 
     /// What merging would write, without touching `model`: the changed weights (and IA3-scaled

@@ -136,11 +136,7 @@ impl Peft {
 
     /// Number of trainable adapter values.
     pub fn trainable_parameters(&self) -> i64 {
-        self.var_store()
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum()
+        count_trainable(self.var_store())
     }
 
     /// LoRA dropout is on only while training.
@@ -273,4 +269,13 @@ pub fn save_hf_folder(lm: &crate::llama_load::CausalLm, dir: &Path) -> Result<()
     )?;
     crate::llama_tokenizer::write_json(&dir.join("config.json"), &lm.config.to_hf_json("float32"))?;
     lm.tokenizer.save_hf_files(dir)
+}
+
+/// Number of trainable values in an adapter's variable store (the base model's are never in it).
+pub(crate) fn count_trainable(var_store: &nn::VarStore) -> i64 {
+    var_store
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
 }
