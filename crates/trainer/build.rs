@@ -1,5 +1,5 @@
 //! Compiles the small C++ shim that reaches what tch does not expose: per-device autocast with a
-//! chosen dtype (tch's own `autocast` is CUDA-only and fp16).
+//! chosen dtype (tch's own `autocast` is CUDA-only and fp16) and torch's fused AdamW kernel.
 
 fn main() {
     // torch-sys (`links = "tch"`) publishes the libtorch lib folder to its direct dependents.
@@ -11,6 +11,7 @@ fn main() {
         .expect("libtorch lib folder has a parent")
         .to_path_buf();
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/fused_adamw.cpp");
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -21,5 +22,6 @@ fn main() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/autocast.cpp")
+        .file("csrc/fused_adamw.cpp")
         .compile("ragtune_trainer_shim");
 }

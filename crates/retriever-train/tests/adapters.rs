@@ -78,7 +78,7 @@ fn a_lora_bi_encoder_trains_only_the_adapter_and_exports_in_peft_format() {
                 "base variable {name} got a gradient"
             );
         }
-        optimizer.step(5e-3);
+        optimizer.step(5e-3).unwrap();
         losses.push(loss.double_value(&[]));
     }
     println!("InfoNCE losses: {losses:.4?}");

@@ -5,12 +5,34 @@
 //! by operation, so that the same gradients give the same parameters:
 //! decoupled weight decay `p *= 1 - lr·wd`, `m = lerp(m, g, 1 - β1)`, `v = β2·v + (1 - β2)·g²`,
 //! `p -= lr / (1 - β1^t) · m / (sqrt(v) / sqrt(1 - β2^t) + eps)`.
+//! With `fused` on, the same update runs in torch's fused kernel (`AdamW(fused=True)`), one pass
+//! per parameter; it agrees with the single-tensor path to rounding.
 
 use crate::params::TrainableParam;
 use crate::{Result, TrainerError};
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::{c_char, CStr};
 use std::path::Path;
 use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn ragtune_fused_adamw(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        steps: *const *mut C_tensor,
+        n: i64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> i32;
+}
 
 #[derive(Debug)]
 struct ParamState {
@@ -27,6 +49,7 @@ pub struct AdamW {
     beta1: f64,
     beta2: f64,
     eps: f64,
+    fused: bool,
 }
 
 impl AdamW {
@@ -50,7 +73,14 @@ impl AdamW {
             beta1: betas.0,
             beta2: betas.1,
             eps,
+            fused: false,
         }
+    }
+
+    /// Runs updates through torch's fused kernel (see the module docs).
+    pub fn with_fused(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
     }
 
     pub fn params(&self) -> impl Iterator<Item = &TrainableParam> {
@@ -67,7 +97,16 @@ impl AdamW {
     }
 
     /// One update at base learning rate `lr` (each parameter uses `lr * lr_scale`).
-    pub fn step(&mut self, lr: f64) {
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        if self.fused {
+            self.step_fused(lr)
+        } else {
+            self.step_single_tensor(lr);
+            Ok(())
+        }
+    }
+
+    fn step_single_tensor(&mut self, lr: f64) {
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
         tch::no_grad(|| {
             for state in &mut self.states {
@@ -97,6 +136,74 @@ impl AdamW {
                 let _ = param.g_add_(&((&state.exp_avg * -step_size) / &denom));
             }
         });
+    }
+
+    /// The kernel takes one learning rate, weight decay, device and dtype per call, so
+    /// parameters are updated in groups of equal settings.
+    fn step_fused(&mut self, lr: f64) -> Result<()> {
+        let mut groups: BTreeMap<(u64, u64, String), Vec<usize>> = BTreeMap::new();
+        let mut grads = Vec::with_capacity(self.states.len());
+        for (i, state) in self.states.iter().enumerate() {
+            let grad = state.param.tensor.grad();
+            if grad.defined() {
+                let tensor = &state.param.tensor;
+                let key = (
+                    (lr * state.param.lr_scale).to_bits(),
+                    state.param.weight_decay.to_bits(),
+                    format!("{:?} {:?}", tensor.device(), tensor.kind()),
+                );
+                groups.entry(key).or_default().push(i);
+            }
+            grads.push(grad);
+        }
+        for ((group_lr, weight_decay, _), members) in groups {
+            let steps: Vec<Tensor> = members
+                .iter()
+                .map(|&i| {
+                    self.states[i].step += 1;
+                    Tensor::from(self.states[i].step as f32)
+                        .to_device(self.states[i].param.tensor.device())
+                })
+                .collect();
+            let pointers = |f: &dyn Fn(usize) -> *mut C_tensor| -> Vec<*mut C_tensor> {
+                members.iter().map(|&i| f(i)).collect()
+            };
+            let params = pointers(&|i| self.states[i].param.tensor.as_ptr() as *mut C_tensor);
+            let grad_ptrs = pointers(&|i| grads[i].as_ptr() as *mut C_tensor);
+            let exp_avgs = pointers(&|i| self.states[i].exp_avg.as_ptr() as *mut C_tensor);
+            let exp_avg_sqs = pointers(&|i| self.states[i].exp_avg_sq.as_ptr() as *mut C_tensor);
+            let step_ptrs: Vec<*mut C_tensor> =
+                steps.iter().map(|s| s.as_ptr() as *mut C_tensor).collect();
+            let mut error = [0 as c_char; 512];
+            // SAFETY: every pointer is a live tensor owned by `self`, `grads` or `steps` for the
+            // whole call, and the shim only borrows them.
+            let status = unsafe {
+                ragtune_fused_adamw(
+                    params.as_ptr(),
+                    grad_ptrs.as_ptr(),
+                    exp_avgs.as_ptr(),
+                    exp_avg_sqs.as_ptr(),
+                    step_ptrs.as_ptr(),
+                    members.len() as i64,
+                    f64::from_bits(group_lr),
+                    self.beta1,
+                    self.beta2,
+                    f64::from_bits(weight_decay),
+                    self.eps,
+                    error.as_mut_ptr(),
+                    error.len(),
+                )
+            };
+            if status != 0 {
+                // SAFETY: the shim wrote a NUL-terminated message into `error`.
+                let message = unsafe { CStr::from_ptr(error.as_ptr()) }.to_string_lossy();
+                return Err(TrainerError::Torch(tch::TchError::Torch(format!(
+                    "fused AdamW failed: {message} (set `[trainer.optimizer] fused = false` to use \
+                     the single-tensor path)"
+                ))));
+            }
+        }
+        Ok(())
     }
 
     /// Zeroes every gradient in place (`zero_grad(set_to_none=False)`).

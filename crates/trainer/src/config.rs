@@ -121,6 +121,9 @@ pub struct OptimizerConfig {
     pub freeze_patterns: Vec<String>,
     /// When set, only parameters matching one of these train; all others are frozen (as for PEFT).
     pub trainable_patterns: Option<Vec<String>>,
+    /// torch's fused AdamW kernel (`AdamW(fused=True)`): one pass per parameter instead of ten;
+    /// `false` follows torch's default single-tensor path operation by operation.
+    pub fused: bool,
 }
 
 impl Default for OptimizerConfig {
@@ -142,6 +145,7 @@ impl Default for OptimizerConfig {
             ],
             freeze_patterns: Vec::new(),
             trainable_patterns: None,
+            fused: true,
         }
     }
 }

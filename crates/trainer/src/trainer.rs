@@ -155,7 +155,8 @@ impl Trainer {
             &config.optimizer,
         )?;
         let frozen = plan.frozen.clone();
-        let optimizer = AdamW::new(plan.trainable, config.optimizer.betas, config.optimizer.eps);
+        let optimizer = AdamW::new(plan.trainable, config.optimizer.betas, config.optimizer.eps)
+            .with_fused(config.optimizer.fused);
         let total_steps = config.total_steps(train_len);
         let schedule = Schedule::new(
             config.schedule.kind,
@@ -342,7 +343,7 @@ impl Trainer {
             return Err(self.non_finite("gradient norm", norm));
         }
         let lr = self.config.optimizer.lr * self.schedule.factor(self.step);
-        self.optimizer.step(lr);
+        self.optimizer.step(lr)?;
         self.optimizer.zero_grad();
         self.step += 1;
         let loss = loss_sum / accum as f64;

@@ -27,7 +27,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs `steps` AdamW steps (optionally with clipping) here and in torch from the same start and
 /// the same gradients, and compares parameters, both moments and the gradient norms.
-fn compare_with_torch(max_grad_norm: Option<f64>) {
+/// `fused`: our run goes through torch's fused kernel, the reference through torch's default
+/// single-tensor path; they agree to rounding.
+fn compare_with_torch(max_grad_norm: Option<f64>, fused: bool) {
     tch::manual_seed(7);
     let shapes: [(&str, &[i64], f64, f64); 3] = [
         ("encoder.layer.0.dense.weight", &[4, 3], 0.5, 0.01),
@@ -66,7 +68,7 @@ fn compare_with_torch(max_grad_norm: Option<f64>) {
         })
         .collect();
     let tensors: Vec<Tensor> = params.iter().map(|p| p.tensor.shallow_clone()).collect();
-    let mut optimizer = AdamW::new(params, (0.9, 0.98), 1e-6);
+    let mut optimizer = AdamW::new(params, (0.9, 0.98), 1e-6).with_fused(fused);
     let mut norms = Vec::new();
     for (s, step_grads) in grads.iter().enumerate() {
         optimizer.zero_grad();
@@ -80,7 +82,7 @@ fn compare_with_torch(max_grad_norm: Option<f64>) {
         if let Some(max_norm) = max_grad_norm {
             norms.push(clip_grad_norm(&optimizer.grads(), max_norm));
         }
-        optimizer.step(lrs[s]);
+        optimizer.step(lrs[s]).unwrap();
     }
     let reference = ragtune_testkit::reference(
         "trainer_adamw.py",
@@ -115,12 +117,17 @@ fn compare_with_torch(max_grad_norm: Option<f64>) {
 
 #[test]
 fn adamw_matches_torch() {
-    compare_with_torch(None);
+    compare_with_torch(None, false);
 }
 
 #[test]
 fn adamw_with_clipping_matches_torch() {
-    compare_with_torch(Some(1.0));
+    compare_with_torch(Some(1.0), false);
+}
+
+#[test]
+fn fused_adamw_matches_torch() {
+    compare_with_torch(Some(1.0), true);
 }
 
 #[test]
