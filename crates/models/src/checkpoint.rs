@@ -4,7 +4,7 @@
 //! leaves a half-written model where a good one was.
 
 use crate::{ModelError, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -56,8 +56,10 @@ pub fn load_safetensors(path: &Path, device: Device) -> Result<HashMap<String, T
 }
 
 /// Writes `tensors` as safetensors with `{"format": "pt"}` metadata, which transformers and PEFT expect.
+/// Tensors stream to the file one at a time from their own memory, so saving a checkpoint costs no
+/// second copy of the weights and optimizer state.
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let mut owned: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    let mut views = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let tensor = tensor.to_device(Device::Cpu).contiguous();
         let dtype = dtype_of(tensor.kind()).ok_or_else(|| {
@@ -66,24 +68,49 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
                 tensor.kind()
             ))
         })?;
-        let numel = tensor.numel();
-        let mut data = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
-        tensor.f_copy_data_u8(&mut data, numel)?;
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
-        owned.push((name.clone(), data, dtype, shape));
+        views.push((name.as_str(), TensorBytes { tensor, dtype, shape }));
     }
-    let views = owned
-        .iter()
-        .map(|(name, data, dtype, shape)| {
-            TensorView::new(*dtype, shape.clone(), data)
-                .map(|v| (name.as_str(), v))
-                .map_err(|e| ModelError::format(path, format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let bytes = safetensors::tensor::serialize(views, metadata)
-        .map_err(|e| ModelError::format(path, format!("serializing: {e}")))?;
-    atomic_write(path, &bytes)
+    atomic_write_with(path, |tmp| {
+        safetensors::tensor::serialize_to_file(views, metadata, tmp).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(e) => e,
+            other => std::io::Error::other(format!("serializing: {other}")),
+        })
+    })
+}
+
+/// A contiguous CPU tensor seen as the bytes safetensors writes.
+struct TensorBytes {
+    tensor: Tensor,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let len = self.data_len();
+        if len == 0 {
+            return std::borrow::Cow::Borrowed(&[]);
+        }
+        // SAFETY: the tensor is contiguous, on the CPU, `len` bytes long from its data pointer,
+        // and alive (held by `self`) for as long as the borrow.
+        std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, len)
+        })
+    }
+
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
 }
 
 /// Writes every variable of `vs` under its own name, sorted, cast to `kind` when one is given
@@ -103,7 +130,15 @@ pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path, kind: Option<Kind>) -
 
 /// Writes `bytes` to `path` through a temp file in the same folder, fsynced, then renamed over it.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+    atomic_write_with(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// `write` fills the temp file at the path it is given; the file is then fsynced and renamed
+/// over `path`. On any failure the temp file is removed and `path` keeps what it held.
+fn atomic_write_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -117,9 +152,8 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id()
     ));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        write(&tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = result {
