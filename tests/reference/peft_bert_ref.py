@@ -9,6 +9,17 @@ JSON on stdin, JSON on stdout:
          answers {"out": FILE, "missing": {name: [keys]}}. Loading is strict: a key the file has
          that PEFT has no place for is an error, and so is a missing key other than the pooler's
          (transformers always builds a pooler; a checkpoint without one gives ragtune none to wrap).
+         Prompt and prefix tuning (task_type FEATURE_EXTRACTION) load as PeftModelForFeatureExtraction,
+         whose last hidden state starts with the virtual tokens under prompt tuning. Also writes
+         <name>.mean [batch, hidden]: mean pooling over the output with the attention mask extended
+         by ones for prompt tuning's virtual tokens, as sentence-transformers pooled such models.
+  {"op": "make", "model_dir", "adapters": {name: {"method": "prompt"|"prefix", "dir", "num_virtual_tokens",
+   "init_text"?, "prefix_projection"?}}, "seed", "input_ids", "attention_mask", "out": FILE}
+      -> builds each adapter with get_peft_model (PEFT's own initialization: TEXT from the model's
+         tokenizer when init_text is given, random otherwise, moved off its start by seeded noise
+         when "perturb" is true), saves it with save_pretrained and writes FILE with <name>
+         [batch, seq', hidden], PEFT's last hidden state; <name>.init holds a prompt's embeddings
+         before the noise.
 """
 
 import json
@@ -18,7 +29,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
@@ -56,13 +67,63 @@ def hidden_op(req):
             wraps_pooler = any(".pooler." in k for k in expected)
             if wraps_pooler and not missing:
                 out[f"{name}.pooler"] = result.pooler_output
+            out[f"{name}.mean"] = mean_pool(model, result.last_hidden_state, mask)
     save_file({k: v.contiguous() for k, v in out.items()}, req["out"])
     return {"out": req["out"], "missing": missing_by_name}
 
 
+def mean_pool(model, hidden, mask):
+    config = model.active_peft_config
+    if config.is_prompt_learning and hidden.shape[1] > mask.shape[1]:
+        ones = torch.ones(mask.shape[0], config.num_virtual_tokens, dtype=mask.dtype)
+        mask = torch.cat((ones, mask), dim=1)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def make_op(req):
+    ids = torch.tensor(req["input_ids"])
+    mask = torch.tensor(req["attention_mask"])
+    out = {}
+    for name, spec in req["adapters"].items():
+        torch.manual_seed(req["seed"])
+        n = spec["num_virtual_tokens"]
+        if spec["method"] == "prompt":
+            if spec.get("init_text"):
+                config = PromptTuningConfig(
+                    task_type=TaskType.FEATURE_EXTRACTION,
+                    num_virtual_tokens=n,
+                    prompt_tuning_init="TEXT",
+                    prompt_tuning_init_text=spec["init_text"],
+                    tokenizer_name_or_path=req["model_dir"],
+                )
+            else:
+                config = PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=n)
+        else:
+            config = PrefixTuningConfig(
+                task_type=TaskType.FEATURE_EXTRACTION,
+                num_virtual_tokens=n,
+                prefix_projection=spec.get("prefix_projection", False),
+            )
+        model = get_peft_model(load_base(req["model_dir"]), config)
+        encoder = model.prompt_encoder["default"]
+        if spec["method"] == "prompt":
+            out[f"{name}.init"] = encoder.embedding.weight.detach().clone()
+        if spec.get("perturb"):
+            with torch.no_grad():
+                for p in encoder.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+        model.eval()
+        with torch.no_grad():
+            out[name] = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.save_pretrained(spec["dir"])
+    save_file({k: v.contiguous() for k, v in out.items()}, req["out"])
+    return {"out": req["out"]}
+
+
 def main():
     req = json.load(sys.stdin)
-    op = {"hidden": hidden_op}[req["op"]]
+    op = {"hidden": hidden_op, "make": make_op}[req["op"]]
     json.dump(op(req), sys.stdout)
 
 

@@ -5,9 +5,11 @@
 //! checkpoint that transformers and sentence-transformers load unchanged. Loading accepts the
 //! `bert.` prefix or its absence, and the legacy `LayerNorm.gamma`/`.beta` names.
 //!
-//! A [`BertModel`] can carry one PEFT adapter ([`crate::peft::EncoderPeft`]: LoRA, IA3 or
-//! bottleneck adapters), which hooks into its linear layers and sublayer outputs through
-//! [`EncoderAdapter`]; without one the model computes exactly what it did before.
+//! A [`BertModel`] can carry one PEFT adapter ([`crate::peft::EncoderPeft`]: LoRA, IA3,
+//! bottleneck adapters, prompt or prefix tuning). LoRA, IA3 and bottleneck adapters hook into its
+//! linear layers and sublayer outputs through [`EncoderAdapter`]; prompt tuning prepends learned
+//! input embeddings and prefix tuning learned attention keys and values. Without an adapter the
+//! model computes exactly what it did before.
 
 use crate::checkpoint::{load_safetensors, refuse_pickle};
 use crate::peft::{EncoderPeft, Sublayer};
@@ -191,9 +193,31 @@ impl BertEmbeddings {
     }
 
     pub fn forward_t(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let seq_len = input_ids.size()[1];
-        let position_ids = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let embeddings = self.word_embeddings.forward(input_ids)
+        self.forward_embeds_t(
+            &self.word_embeddings.forward(input_ids),
+            token_type_ids,
+            0,
+            train,
+        )
+    }
+
+    /// As [`forward_t`](Self::forward_t) from word embeddings `[batch, seq, hidden]` already
+    /// looked up (or learned, as prompt tuning's), at positions `first_position..`.
+    pub fn forward_embeds_t(
+        &self,
+        inputs_embeds: &Tensor,
+        token_type_ids: &Tensor,
+        first_position: i64,
+        train: bool,
+    ) -> Tensor {
+        let seq_len = inputs_embeds.size()[1];
+        let position_ids = Tensor::arange_start(
+            first_position,
+            first_position + seq_len,
+            (Kind::Int64, inputs_embeds.device()),
+        )
+        .unsqueeze(0);
+        let embeddings = inputs_embeds
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(&position_ids);
         self.layer_norm
@@ -226,8 +250,10 @@ impl BertSelfAttention {
     }
 
     /// `hidden` holds the real tokens' rows `[tokens, hidden]` of `grid`; attention alone runs
-    /// on the padded `[batch, seq]` grid. `additive_mask` is `[batch, 1, 1, seq]`: 0 where a
-    /// key may be attended, a large negative where not.
+    /// on the padded `[batch, seq]` grid. `additive_mask` is `[batch, 1, 1, keys]`: 0 where a
+    /// key may be attended, a large negative where not. `prefix` (prefix tuning) holds learned
+    /// keys and values `[batch, heads, virtual, head_dim]` put before the tokens' own, so that
+    /// `keys` is `virtual + seq`.
     pub fn forward_t(
         &self,
         hidden: &Tensor,
@@ -235,6 +261,7 @@ impl BertSelfAttention {
         additive_mask: &Tensor,
         train: bool,
         hook: Hook,
+        prefix: Option<&(Tensor, Tensor)>,
     ) -> Tensor {
         let heads = |rows: Tensor| {
             grid.to_grid(&rows)
@@ -262,6 +289,10 @@ impl BertSelfAttention {
             "attention.self.value",
             train,
         ));
+        let (k, v) = match prefix {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
+            None => (k, v),
+        };
         let dropout = if train { self.dropout } else { 0.0 };
         let attended = Tensor::scaled_dot_product_attention(
             &q,
@@ -331,10 +362,11 @@ impl BertAttention {
         additive_mask: &Tensor,
         train: bool,
         hook: Hook,
+        prefix: Option<&(Tensor, Tensor)>,
     ) -> Tensor {
-        let attended = self
-            .self_attention
-            .forward_t(hidden, grid, additive_mask, train, hook);
+        let attended =
+            self.self_attention
+                .forward_t(hidden, grid, additive_mask, train, hook, prefix);
         self.output.forward_t(&attended, hidden, train, hook)
     }
 }
@@ -430,10 +462,11 @@ impl BertLayer {
         additive_mask: &Tensor,
         train: bool,
         hook: Hook,
+        prefix: Option<&(Tensor, Tensor)>,
     ) -> Tensor {
         let attended = self
             .attention
-            .forward_t(hidden, grid, additive_mask, train, hook);
+            .forward_t(hidden, grid, additive_mask, train, hook, prefix);
         let expanded = self.intermediate.forward(&attended, hook, train);
         self.output.forward_t(&expanded, &attended, train, hook)
     }
@@ -634,28 +667,115 @@ impl BertModel {
         blocked.unsqueeze(1).unsqueeze(1).to_kind(kind)
     }
 
+    /// How many leading positions of the output are prompt tuning's virtual tokens rather than
+    /// input tokens (0 without a prompt-tuning adapter).
+    pub fn virtual_tokens(&self) -> i64 {
+        match &self.adapter {
+            Some(EncoderPeft::Prompt(a)) => a.config.num_virtual_tokens,
+            _ => 0,
+        }
+    }
+
+    /// The mask of the output's positions for input `attention_mask` (`[batch, seq]`): with
+    /// prompt tuning, ones for the virtual tokens first, as Python PEFT extends it. Pool and
+    /// select over this mask, never over the input's, when the output may carry virtual tokens.
+    pub fn output_mask(&self, attention_mask: &Tensor) -> Tensor {
+        with_leading_ones(attention_mask, self.virtual_tokens())
+    }
+
+    /// The embedding output, the attention mask over keys, the real tokens' grid and, under
+    /// prefix tuning, each layer's learned keys and values. Prompt and prefix tuning follow
+    /// Python PEFT's `PeftModelForFeatureExtraction`, which drops `token_type_ids` (the model
+    /// then uses segment 0 everywhere); prompt tuning puts its virtual tokens at positions
+    /// `0..virtual` ahead of the text, while prefix tuning starts the text at position
+    /// `virtual`, as transformers does after a cache of that length.
+    fn embed(
+        &self,
+        input: &BertInput,
+        train: bool,
+    ) -> (Tensor, Tensor, TokenGrid, Option<Vec<(Tensor, Tensor)>>) {
+        let (batch, seq) = input.input_ids.size2().expect("input_ids is [batch, seq]");
+        let words = self.embeddings.word_embeddings.forward(input.input_ids);
+        let check_positions = |n: i64| {
+            assert!(
+                n + seq <= self.config.max_position_embeddings,
+                "{n} virtual tokens + {seq} tokens exceed the {} positions of this BERT; shorten the inputs (max_length) or use fewer virtual tokens",
+                self.config.max_position_embeddings
+            )
+        };
+        match &self.adapter {
+            Some(EncoderPeft::Prompt(a)) => {
+                let n = a.config.num_virtual_tokens;
+                check_positions(n);
+                let prompt = a
+                    .embeddings()
+                    .to_kind(words.kind())
+                    .unsqueeze(0)
+                    .expand([batch, n, self.config.hidden_size], false);
+                let embeds = Tensor::cat(&[prompt, words], 1);
+                let segments = Tensor::zeros([batch, n + seq], (Kind::Int64, embeds.device()));
+                let embedded = self
+                    .embeddings
+                    .forward_embeds_t(&embeds, &segments, 0, train);
+                // The virtual tokens are real tokens to the encoder: they run through every
+                // per-token layer, not only through attention.
+                let mask = with_leading_ones(input.attention_mask, n);
+                let grid = TokenGrid::new(&mask);
+                (embedded, mask, grid, None)
+            }
+            Some(EncoderPeft::Prefix(a)) => {
+                let n = a.config.num_virtual_tokens;
+                check_positions(n);
+                let segments = input.input_ids.zeros_like();
+                let embedded = self
+                    .embeddings
+                    .forward_embeds_t(&words, &segments, n, train);
+                let keys_mask = with_leading_ones(input.attention_mask, n);
+                let grid = TokenGrid::new(input.attention_mask);
+                let prefix = a.key_values(batch, embedded.kind());
+                (embedded, keys_mask, grid, Some(prefix))
+            }
+            _ => {
+                let zeros;
+                let token_type_ids = match input.token_type_ids {
+                    Some(t) => t,
+                    None => {
+                        zeros = input.input_ids.zeros_like();
+                        &zeros
+                    }
+                };
+                let embedded = self
+                    .embeddings
+                    .forward_embeds_t(&words, token_type_ids, 0, train);
+                let grid = TokenGrid::new(input.attention_mask);
+                (embedded, input.attention_mask.shallow_clone(), grid, None)
+            }
+        }
+    }
+
     /// The last hidden state; with `states`, also every hidden state (embedding output first).
     fn run(&self, input: &BertInput, train: bool, mut states: Option<&mut Vec<Tensor>>) -> Tensor {
-        let zeros;
-        let token_type_ids = match input.token_type_ids {
-            Some(t) => t,
-            None => {
-                zeros = input.input_ids.zeros_like();
-                &zeros
-            }
-        };
-        let embedded = self
-            .embeddings
-            .forward_t(input.input_ids, token_type_ids, train);
-        let mask = self.additive_mask(input.attention_mask, embedded.kind());
-        let grid = TokenGrid::new(input.attention_mask);
+        let (embedded, keys_mask, grid, prefix) = self.embed(input, train);
+        let mask = self.additive_mask(&keys_mask, embedded.kind());
         let mut hidden = grid.to_rows(&embedded);
         if let Some(states) = states.as_mut() {
             states.push(embedded);
         }
-        let adapter = self.adapter.as_ref().map(|a| a as &dyn EncoderAdapter);
+        // Prompt and prefix tuning act through the embeddings and keys only: the layers run as
+        // without an adapter (and take the fused projection path).
+        let adapter = match &self.adapter {
+            Some(EncoderPeft::Prompt(_) | EncoderPeft::Prefix(_)) | None => None,
+            Some(a) => Some(a as &dyn EncoderAdapter),
+        };
         for (i, layer) in self.encoder.layers.iter().enumerate() {
-            hidden = layer.forward_t(&hidden, &grid, &mask, train, adapter.map(|a| (a, i)));
+            hidden = layer.forward_t(
+                &hidden,
+                &grid,
+                &mask,
+                train,
+                adapter.map(|a| (a, i)),
+                prefix.as_ref().map(|p| &p[i]),
+            );
             if let Some(states) = states.as_mut() {
                 states.push(grid.to_grid(&hidden));
             }
@@ -667,7 +787,8 @@ impl BertModel {
     }
 
     /// The last hidden state, `[batch, seq, hidden]`, zero at padding. Dropout applies when
-    /// `train` is true.
+    /// `train` is true. With prompt tuning it is `[batch, virtual + seq, hidden]`, the virtual
+    /// tokens first, as Python PEFT returns it; [`output_mask`](Self::output_mask) covers it.
     pub fn forward_t(&self, input: &BertInput, train: bool) -> Tensor {
         self.run(input, train, None)
     }
@@ -684,6 +805,21 @@ impl BertModel {
     pub fn hidden_size(&self) -> i64 {
         self.config.hidden_size
     }
+}
+
+/// `mask` (`[batch, seq]`) with `n` columns of ones in front.
+fn with_leading_ones(mask: &Tensor, n: i64) -> Tensor {
+    if n == 0 {
+        return mask.shallow_clone();
+    }
+    let batch = mask.size()[0];
+    Tensor::cat(
+        &[
+            Tensor::ones([batch, n], (mask.kind(), mask.device())),
+            mask.shallow_clone(),
+        ],
+        1,
+    )
 }
 
 /// The MLM head's transform plus a decoder tied to the word embeddings (`cls.predictions.*`).
@@ -777,9 +913,13 @@ impl BertForMaskedLM {
         self.head.forward(&self.bert.forward_t(input, train))
     }
 
-    /// SPLADE term weights, `[batch, vocab]`: max over real tokens of `log1p(relu(logits))`.
+    /// SPLADE term weights, `[batch, vocab]`: max over real tokens of `log1p(relu(logits))`
+    /// (and over prompt tuning's virtual tokens, which are real positions of the output).
     pub fn splade_t(&self, input: &BertInput, train: bool) -> Tensor {
-        splade_pool(&self.forward_t(input, train), input.attention_mask)
+        splade_pool(
+            &self.forward_t(input, train),
+            &self.bert.output_mask(input.attention_mask),
+        )
     }
 }
 

@@ -156,8 +156,7 @@ impl SentenceEncoder {
             for chunk in order.chunks(self.batch_size) {
                 let rows: Vec<&TokenizedText> = chunk.iter().map(|&i| &tokenized[i]).collect();
                 let batch = EncodedBatch::pad(&rows, self.tokenizer.pad_id(), self.device());
-                let hidden = self.model.forward_t(&batch.as_input(), false);
-                pooled_sorted.push(self.pooling.pool(&hidden, &batch.attention_mask));
+                pooled_sorted.push(self.forward_input_t(&batch.as_input(), false));
                 done += chunk.len();
                 if let Some(report) = progress.as_mut() {
                     report(done, texts.len());
@@ -210,9 +209,11 @@ impl SentenceEncoder {
                         .swap_remove(layer)
                 };
                 let hidden = hidden.to_kind(Kind::Float);
+                // Prompt tuning's virtual tokens come first and belong to no input token.
+                let first = self.model.virtual_tokens();
                 for (row, &original) in chunk.iter().enumerate() {
                     let ids = tokenized[original].ids.clone();
-                    let embeddings = hidden.get(row as i64).narrow(0, 0, ids.len() as i64);
+                    let embeddings = hidden.get(row as i64).narrow(0, first, ids.len() as i64);
                     out[original] = Some(TokenEmbeddings { ids, embeddings });
                 }
             }
@@ -234,9 +235,15 @@ impl SentenceEncoder {
     }
 
     /// As [`Self::forward_t`] from raw tensors.
+    ///
+    /// Under prompt tuning, pooling runs over the virtual tokens too (the output mask has ones
+    /// for them), as sentence-transformers pools `PeftModelForFeatureExtraction`'s output with
+    /// its attention mask extended the same way: mean pooling averages them in, CLS pooling takes
+    /// the first virtual token. An adapter exported for Python then embeds as it did here.
     pub fn forward_input_t(&self, input: &BertInput, train: bool) -> Tensor {
         let hidden = self.model.forward_t(input, train);
-        self.pooling.pool(&hidden, input.attention_mask)
+        self.pooling
+            .pool(&hidden, &self.model.output_mask(input.attention_mask))
     }
 
     /// Saves the weights (float32, Hugging Face names) as `dir/model.safetensors` and copies the

@@ -1,6 +1,6 @@
 //! Parameter-efficient fine-tuning of the Llama decoder and the BERT encoder: LoRA (with rsLoRA
-//! and DoRA), IA3, bottleneck adapters (Houlsby or Pfeiffer placement), and, on the decoder,
-//! prefix tuning and prompt tuning; saved and loaded in Hugging Face PEFT's format
+//! and DoRA), IA3, bottleneck adapters (Houlsby or Pfeiffer placement), prefix tuning and prompt
+//! tuning; saved and loaded in Hugging Face PEFT's format
 //! (`adapter_config.json` + `adapter_model.safetensors`, keys such as
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` for the Llama and
 //! `base_model.model.encoder.layer.0.attention.self.query.lora_A.weight` for BERT's `AutoModel`).
@@ -8,8 +8,9 @@
 //! Every adapter keeps its variables in a `VarStore` of its own, so the base model's store can be
 //! frozen and the optimizer sees adapter variables only. LoRA, IA3 and bottleneck adapters act
 //! through the Llama's [`DecoderAdapter`](crate::llama::DecoderAdapter) hook ([`Peft`]) or BERT's
-//! [`EncoderAdapter`](crate::bert::EncoderAdapter) hook ([`EncoderPeft`]); prefix tuning fills the
-//! KV cache before the real tokens; prompt tuning prepends learned input embeddings.
+//! [`EncoderAdapter`](crate::bert::EncoderAdapter) hook ([`EncoderPeft`]); prefix tuning puts
+//! learned keys and values before the real tokens' in every attention layer (the Llama's KV cache);
+//! prompt tuning prepends learned input embeddings.
 
 pub mod bottleneck;
 pub mod encoder;

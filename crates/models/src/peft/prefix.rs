@@ -51,6 +51,23 @@ pub struct PrefixAdapter {
 
 impl PrefixAdapter {
     pub fn new(config: PrefixConfig, model: &LlamaConfig, device: Device) -> Result<Self> {
+        Self::with_shape(
+            config,
+            model.num_hidden_layers,
+            model.num_key_value_heads,
+            model.head_dim,
+            device,
+        )
+    }
+
+    /// For any attention stack of `layers` layers with `kv_heads` key/value heads of `head_dim`.
+    pub fn with_shape(
+        config: PrefixConfig,
+        layers: i64,
+        kv_heads: i64,
+        head_dim: i64,
+        device: Device,
+    ) -> Result<Self> {
         if config.num_virtual_tokens <= 0 {
             return Err(ModelError::Invalid(format!(
                 "prefix tuning: num_virtual_tokens = {}, expected > 0",
@@ -59,8 +76,8 @@ impl PrefixAdapter {
         }
         let var_store = nn::VarStore::new(device);
         let root = var_store.root();
-        let token_dim = model.num_key_value_heads * model.head_dim;
-        let table = model.num_hidden_layers * 2 * token_dim;
+        let token_dim = kv_heads * head_dim;
+        let table = layers * 2 * token_dim;
         let n = config.num_virtual_tokens;
         let (embedding, projection) = if config.prefix_projection {
             let hidden = config.encoder_hidden_size.unwrap_or(token_dim);
@@ -99,9 +116,9 @@ impl PrefixAdapter {
             var_store,
             embedding,
             projection,
-            layers: model.num_hidden_layers,
-            kv_heads: model.num_key_value_heads,
-            head_dim: model.head_dim,
+            layers,
+            kv_heads,
+            head_dim,
         })
     }
 

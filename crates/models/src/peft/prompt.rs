@@ -35,6 +35,17 @@ impl PromptAdapter {
         device: Device,
         init_text_ids: Option<&[i64]>,
     ) -> Result<Self> {
+        Self::from_word_embeddings(config, &model.embed_tokens.ws, device, init_text_ids)
+    }
+
+    /// For any model whose input embeddings are `word_embeddings` (`[vocab, hidden]`): the soft
+    /// prompt lives in that space, and a text initialization copies rows of it.
+    pub fn from_word_embeddings(
+        config: PromptConfig,
+        word_embeddings: &Tensor,
+        device: Device,
+        init_text_ids: Option<&[i64]>,
+    ) -> Result<Self> {
         let n = config.num_virtual_tokens;
         if n <= 0 {
             return Err(ModelError::Invalid(format!(
@@ -42,7 +53,7 @@ impl PromptAdapter {
             )));
         }
         let var_store = nn::VarStore::new(device);
-        let hidden = model.config.hidden_size;
+        let hidden = word_embeddings.size()[1];
         let embedding = match init_text_ids {
             Some([]) => {
                 return Err(ModelError::Invalid(
@@ -52,12 +63,10 @@ impl PromptAdapter {
             Some(ids) => {
                 let ids: Vec<i64> = ids.iter().copied().cycle().take(n as usize).collect();
                 let init = tch::no_grad(|| {
-                    model
-                        .embed_tokens
-                        .ws
+                    word_embeddings
                         .index_select(
                             0,
-                            &Tensor::from_slice(&ids).to_device(model.embed_tokens.ws.device()),
+                            &Tensor::from_slice(&ids).to_device(word_embeddings.device()),
                         )
                         .to_kind(Kind::Float)
                         .to_device(device)
