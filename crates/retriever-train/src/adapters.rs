@@ -32,7 +32,7 @@ pub fn is_adapter_variable(name: &str) -> bool {
 pub fn attach(tower: &mut SentenceEncoder, config: &PeftConfig) -> Result<()> {
     if !matches!(config, PeftConfig::Lora(_) | PeftConfig::Ia3(_)) {
         return Err(RetrieverError::Invalid(
-            "model.peft: retrievers train LoRA or IA3 adapters (they merge into the exported sentence-transformers model)".into(),
+            "model.peft: retrievers train LoRA or IA3 adapters, which merge into the exported sentence-transformers model; prompt tuning, prefix tuning and bottleneck adapters run on the encoder but cannot merge into a plain sentence-transformers folder (use method = \"lora\" or \"ia3\")".into(),
         ));
     }
     if tower.model().adapter().is_some() {
