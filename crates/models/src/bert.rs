@@ -683,17 +683,12 @@ impl BertModel {
         with_leading_ones(attention_mask, self.virtual_tokens())
     }
 
-    /// The embedding output, the attention mask over keys, the real tokens' grid and, under
-    /// prefix tuning, each layer's learned keys and values. Prompt and prefix tuning follow
+    /// The embedding output and what attention needs with it. Prompt and prefix tuning follow
     /// Python PEFT's `PeftModelForFeatureExtraction`, which drops `token_type_ids` (the model
     /// then uses segment 0 everywhere); prompt tuning puts its virtual tokens at positions
     /// `0..virtual` ahead of the text, while prefix tuning starts the text at position
     /// `virtual`, as transformers does after a cache of that length.
-    fn embed(
-        &self,
-        input: &BertInput,
-        train: bool,
-    ) -> (Tensor, Tensor, TokenGrid, Option<Vec<(Tensor, Tensor)>>) {
+    fn embed(&self, input: &BertInput, train: bool) -> Embedded {
         let (batch, seq) = input.input_ids.size2().expect("input_ids is [batch, seq]");
         let words = self.embeddings.word_embeddings.forward(input.input_ids);
         let check_positions = |n: i64| {
@@ -721,7 +716,12 @@ impl BertModel {
                 // per-token layer, not only through attention.
                 let mask = with_leading_ones(input.attention_mask, n);
                 let grid = TokenGrid::new(&mask);
-                (embedded, mask, grid, None)
+                Embedded {
+                    output: embedded,
+                    keys_mask: mask,
+                    grid,
+                    prefix: None,
+                }
             }
             Some(EncoderPeft::Prefix(a)) => {
                 let n = a.config.num_virtual_tokens;
@@ -733,7 +733,12 @@ impl BertModel {
                 let keys_mask = with_leading_ones(input.attention_mask, n);
                 let grid = TokenGrid::new(input.attention_mask);
                 let prefix = a.key_values(batch, embedded.kind());
-                (embedded, keys_mask, grid, Some(prefix))
+                Embedded {
+                    output: embedded,
+                    keys_mask,
+                    grid,
+                    prefix: Some(prefix),
+                }
             }
             _ => {
                 let zeros;
@@ -748,14 +753,24 @@ impl BertModel {
                     .embeddings
                     .forward_embeds_t(&words, token_type_ids, 0, train);
                 let grid = TokenGrid::new(input.attention_mask);
-                (embedded, input.attention_mask.shallow_clone(), grid, None)
+                Embedded {
+                    output: embedded,
+                    keys_mask: input.attention_mask.shallow_clone(),
+                    grid,
+                    prefix: None,
+                }
             }
         }
     }
 
     /// The last hidden state; with `states`, also every hidden state (embedding output first).
     fn run(&self, input: &BertInput, train: bool, mut states: Option<&mut Vec<Tensor>>) -> Tensor {
-        let (embedded, keys_mask, grid, prefix) = self.embed(input, train);
+        let Embedded {
+            output: embedded,
+            keys_mask,
+            grid,
+            prefix,
+        } = self.embed(input, train);
         let mask = self.additive_mask(&keys_mask, embedded.kind());
         let mut hidden = grid.to_rows(&embedded);
         if let Some(states) = states.as_mut() {
@@ -805,6 +820,16 @@ impl BertModel {
     pub fn hidden_size(&self) -> i64 {
         self.config.hidden_size
     }
+}
+
+/// What the layers start from: the embedding output, the mask over attention keys (`[batch,
+/// keys]`), the positions the per-token layers run on and, under prefix tuning, each layer's
+/// learned keys and values.
+struct Embedded {
+    output: Tensor,
+    keys_mask: Tensor,
+    grid: TokenGrid,
+    prefix: Option<Vec<(Tensor, Tensor)>>,
 }
 
 /// `mask` (`[batch, seq]`) with `n` columns of ones in front.
