@@ -117,10 +117,16 @@ fn a_lora_bi_encoder_trains_only_the_adapter_and_exports_in_peft_format() {
 
 #[test]
 fn retrievers_refuse_adapters_that_do_not_merge() {
-    let mut config = config();
-    config.peft = Some(toml::from_str("method = \"bottleneck\"").unwrap());
-    let err = BiEncoder::load(&config, Device::Cpu, Kind::Float)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("LoRA or IA3"), "{err}");
+    for peft in [
+        "method = \"bottleneck\"",
+        "method = \"prompt_tuning\"\nnum_virtual_tokens = 4",
+        "method = \"prefix_tuning\"\nnum_virtual_tokens = 4",
+    ] {
+        let mut config = config();
+        config.peft = Some(toml::from_str(peft).unwrap());
+        let err = BiEncoder::load(&config, Device::Cpu, Kind::Float)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LoRA or IA3"), "{peft}: {err}");
+    }
 }
