@@ -587,7 +587,8 @@ pub struct BertModel {
 }
 
 /// Inputs of one padded batch. `attention_mask` is 1 for real tokens and 0 for padding;
-/// `token_type_ids` defaults to all zeros.
+/// `token_type_ids` defaults to all zeros, and prompt or prefix tuning ignore it (segment 0
+/// everywhere), as Python PEFT drops it for them.
 #[derive(Debug)]
 pub struct BertInput<'a> {
     pub input_ids: &'a Tensor,
