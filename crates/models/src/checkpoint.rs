@@ -69,7 +69,14 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
             ))
         })?;
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
-        views.push((name.as_str(), TensorBytes { tensor, dtype, shape }));
+        views.push((
+            name.as_str(),
+            TensorBytes {
+                tensor,
+                dtype,
+                shape,
+            },
+        ));
     }
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     atomic_write_with(path, |tmp| {
@@ -135,10 +142,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `write` fills the temp file at the path it is given; the file is then fsynced and renamed
 /// over `path`. On any failure the temp file is removed and `path` keeps what it held.
-fn atomic_write_with(
-    path: &Path,
-    write: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> Result<()> {
+fn atomic_write_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
