@@ -5,7 +5,7 @@
 //! library through these scripts at test time.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The workspace root, from this crate's fixed place in `crates/`.
@@ -74,9 +74,25 @@ pub fn reference(script: &str, input: &serde_json::Value) -> serde_json::Value {
     })
 }
 
-/// A fresh empty folder under the system temp dir, unique to this process and `tag`.
+/// A fresh empty folder under the system temp dir, unique to this process and `tag`. Folders
+/// that earlier, finished test processes left under the same tag are removed first: a test keeps
+/// its scratch for inspection after a failure, but runs do not pile up (some hold a 500 MB model).
 pub fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ragtune-test-{tag}-{}", std::process::id()));
+    let temp = std::env::temp_dir();
+    let prefix = format!("ragtune-test-{tag}-");
+    if let Ok(entries) = std::fs::read_dir(&temp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let finished = name
+                .strip_prefix(&prefix)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if finished && cfg!(target_os = "linux") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = temp.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
