@@ -594,6 +594,10 @@ pub struct BertInput<'a> {
     pub input_ids: &'a Tensor,
     pub attention_mask: &'a Tensor,
     pub token_type_ids: Option<&'a Tensor>,
+    /// The positions whose outputs are wanted, 1 or 0 (default: `attention_mask`). Only these
+    /// are computed, and the output is zero elsewhere; ColBERT's queries want outputs at [MASK]
+    /// padding that no token attends to.
+    pub output_mask: Option<&'a Tensor>,
 }
 
 impl BertModel {
@@ -716,7 +720,10 @@ impl BertModel {
                 // The virtual tokens are real tokens to the encoder: they run through every
                 // per-token layer, not only through attention.
                 let mask = with_leading_ones(input.attention_mask, n);
-                let grid = TokenGrid::new(&mask);
+                let grid = match input.output_mask {
+                    Some(wanted) => TokenGrid::new(&with_leading_ones(wanted, n)),
+                    None => TokenGrid::new(&mask),
+                };
                 Embedded {
                     output: embedded,
                     keys_mask: mask,
@@ -732,7 +739,7 @@ impl BertModel {
                     .embeddings
                     .forward_embeds_t(&words, &segments, n, train);
                 let keys_mask = with_leading_ones(input.attention_mask, n);
-                let grid = TokenGrid::new(input.attention_mask);
+                let grid = TokenGrid::new(input.output_mask.unwrap_or(input.attention_mask));
                 let prefix = a.key_values(batch, embedded.kind());
                 Embedded {
                     output: embedded,
@@ -753,7 +760,7 @@ impl BertModel {
                 let embedded = self
                     .embeddings
                     .forward_embeds_t(&words, token_type_ids, 0, train);
-                let grid = TokenGrid::new(input.attention_mask);
+                let grid = TokenGrid::new(input.output_mask.unwrap_or(input.attention_mask));
                 Embedded {
                     output: embedded,
                     keys_mask: input.attention_mask.shallow_clone(),
@@ -778,7 +785,7 @@ impl BertModel {
             states.push(embedded);
         }
         // Prompt and prefix tuning act through the embeddings and keys only: the layers run as
-        // without an adapter (and take the fused projection path).
+        // without an adapter.
         let adapter = match &self.adapter {
             Some(EncoderPeft::Prompt(_) | EncoderPeft::Prefix(_)) | None => None,
             Some(a) => Some(a as &dyn EncoderAdapter),

@@ -31,6 +31,7 @@ impl EncodedBatch {
             input_ids: &self.input_ids,
             attention_mask: &self.attention_mask,
             token_type_ids: Some(&self.token_type_ids),
+            output_mask: None,
         }
     }
 

@@ -220,6 +220,7 @@ fn bert_tiny_matches_transformers_hidden_states_mlm_and_splade() {
         input_ids: &batch.input_ids,
         attention_mask: &batch.attention_mask,
         token_type_ids: None,
+        output_mask: None,
     };
     let eval_a = encoder.forward_t(&input, false);
     let eval_b = encoder.forward_t(&input, false);

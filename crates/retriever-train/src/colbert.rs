@@ -305,10 +305,30 @@ impl Colbert {
     }
 
     /// Projected, L2-normalized token embeddings of a padded batch, `[rows, len, dim]` float32.
+    /// Query batches are embedded at every position: their [MASK] padding scores in MaxSim even
+    /// where no token attends to it.
     fn embed(&self, batch: &EncodedBatch, train: bool) -> Tensor {
-        let hidden = self.encoder.model().forward_t(&batch.as_input(), train);
+        let every_position;
+        let mut input = batch.as_input();
+        if self.is_query_batch(batch) {
+            every_position = batch.attention_mask.ones_like();
+            input.output_mask = Some(&every_position);
+        }
+        let hidden = self.encoder.model().forward_t(&input, train);
         let projected = self.projection.forward(&hidden.to_kind(Kind::Float));
         l2_normalize(&projected)
+    }
+
+    /// Whether `batch` holds queries: every row carries the query marker after [CLS].
+    fn is_query_batch(&self, batch: &EncodedBatch) -> bool {
+        let ids = &batch.input_ids;
+        ids.size().get(1).is_some_and(|&len| len > 1)
+            && ids
+                .select(1, 1)
+                .eq(self.query_marker)
+                .all()
+                .int64_value(&[])
+                != 0
     }
 
     /// Query token embeddings with gradients, `[queries, query_length, dim]`.
