@@ -1,5 +1,5 @@
 //! Compiles the C++ shim for what tch does not expose: a custom autograd function for activation
-//! checkpointing (csrc/checkpoint.cpp).
+//! checkpointing (csrc/checkpoint.cpp) and a fused CPU dropout (csrc/dropout.cpp).
 
 fn main() {
     // torch-sys (`links = "tch"`) publishes the libtorch lib folder to its direct dependents.
@@ -11,6 +11,7 @@ fn main() {
         .expect("libtorch lib folder has a parent")
         .to_path_buf();
     println!("cargo:rerun-if-changed=csrc/checkpoint.cpp");
+    println!("cargo:rerun-if-changed=csrc/dropout.cpp");
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -21,5 +22,8 @@ fn main() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/checkpoint.cpp")
+        .file("csrc/dropout.cpp")
+        // The dropout kernel is hot in training; test builds want it fast too.
+        .opt_level(3)
         .compile("ragtune_models_shim");
 }

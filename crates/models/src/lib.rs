@@ -7,6 +7,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod checkpointing;
 pub mod device;
+pub mod dropout;
 pub mod encoder;
 pub mod error;
 pub mod generation;

@@ -291,7 +291,7 @@ impl LoraAdapter {
         let out = base.forward(xs);
         let dropout = training && self.config.lora_dropout > 0.0;
         let dropped = if dropout {
-            xs.dropout(self.config.lora_dropout, true)
+            crate::dropout::dropout(xs, self.config.lora_dropout, true)
         } else {
             xs.shallow_clone()
         };
