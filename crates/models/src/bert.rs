@@ -12,6 +12,7 @@
 //! model computes exactly what it did before.
 
 use crate::checkpoint::{load_safetensors, refuse_pickle};
+use crate::dropout::dropout;
 use crate::peft::{EncoderPeft, Sublayer};
 use crate::{ModelError, Result};
 use serde::Deserialize;
@@ -220,9 +221,7 @@ impl BertEmbeddings {
         let embeddings = inputs_embeds
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(&position_ids);
-        self.layer_norm
-            .forward(&embeddings)
-            .dropout(self.dropout, train)
+        dropout(&self.layer_norm.forward(&embeddings), self.dropout, train)
     }
 }
 
@@ -249,64 +248,73 @@ impl BertSelfAttention {
         }
     }
 
-    /// `hidden` holds the real tokens' rows `[tokens, hidden]` of `grid`; attention alone runs
-    /// on the padded `[batch, seq]` grid. `additive_mask` is `[batch, 1, 1, keys]`: 0 where a
-    /// key may be attended, a large negative where not. `prefix` (prefix tuning) holds learned
-    /// keys and values `[batch, heads, virtual, head_dim]` put before the tokens' own, so that
-    /// `keys` is `virtual + seq`.
+    /// `hidden` holds the real tokens' rows `[tokens, hidden]`; attention alone runs on padded
+    /// sequences, grouped by length into `blocks`. `prefix` (prefix tuning) holds learned keys
+    /// and values `[batch, heads, virtual, head_dim]` put before the tokens' own.
     pub fn forward_t(
         &self,
         hidden: &Tensor,
-        grid: &TokenGrid,
-        additive_mask: &Tensor,
+        blocks: &AttentionBlocks,
         train: bool,
         hook: Hook,
         prefix: Option<&(Tensor, Tensor)>,
     ) -> Tensor {
-        let heads = |rows: Tensor| {
-            grid.to_grid(&rows)
-                .view([grid.batch, grid.seq, self.num_heads, self.head_dim])
-                .transpose(1, 2)
+        let split = |linear: &nn::Linear, module: &str| {
+            blocks.split(&project(linear, hidden, hook, module, train))
         };
-        let q = heads(project(
-            &self.query,
-            hidden,
-            hook,
-            "attention.self.query",
-            train,
-        ));
-        let k = heads(project(
-            &self.key,
-            hidden,
-            hook,
-            "attention.self.key",
-            train,
-        ));
-        let v = heads(project(
-            &self.value,
-            hidden,
-            hook,
-            "attention.self.value",
-            train,
-        ));
-        let (k, v) = match prefix {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
-            None => (k, v),
-        };
-        let dropout = if train { self.dropout } else { 0.0 };
-        let attended = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
+        let queries = split(&self.query, "attention.self.query");
+        let keys = split(&self.key, "attention.self.key");
+        let values = split(&self.value, "attention.self.value");
+        let mut attended = Vec::with_capacity(blocks.blocks.len());
+        for (i, block) in blocks.blocks.iter().enumerate() {
+            let heads = |rows: &Tensor| {
+                rows.view([block.count, block.len, self.num_heads, self.head_dim])
+                    .transpose(1, 2)
+            };
+            let (q, k, v) = (heads(&queries[i]), heads(&keys[i]), heads(&values[i]));
+            let (k, v) = match prefix {
+                Some((pk, pv)) => (
+                    Tensor::cat(&[block.members_of(pk), k], 2),
+                    Tensor::cat(&[block.members_of(pv), v], 2),
+                ),
+                None => (k, v),
+            };
+            let out = attend(&q, &k, &v, &block.additive_mask, self.dropout, train);
+            attended.push(out.transpose(1, 2).reshape([block.count * block.len, -1]));
+        }
+        blocks.merge(&attended)
+    }
+}
+
+/// Scaled dot-product attention of `[batch, heads, seq, head_dim]` queries, keys and values, with
+/// dropout on the attention probabilities in training. Without dropout this is torch's fused
+/// kernel. With it, torch falls back to unfused math that also checks every row for being fully
+/// masked and draws its mask serially; written out here, the probabilities go through the
+/// shim's dropout instead. The softmax runs in fp32 for reduced-precision inputs.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    additive_mask: &Tensor,
+    dropout_p: f64,
+    train: bool,
+) -> Tensor {
+    if !train || dropout_p <= 0.0 {
+        return Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
             Some(additive_mask),
-            dropout,
+            0.0,
             false,
             None,
             false,
-        )
-        .transpose(1, 2);
-        grid.to_rows(&attended.reshape([grid.batch, grid.seq, -1]))
+        );
     }
+    let head_dim = q.size().last().copied().unwrap_or(1);
+    let scores = q.matmul(&k.transpose(-1, -2)) * (1.0 / (head_dim as f64).sqrt()) + additive_mask;
+    let probs = scores.softmax(-1, Kind::Float).to_kind(v.kind());
+    dropout(&probs, dropout_p, train).matmul(v)
 }
 
 /// The projection and residual layer norm after self-attention (`attention.output`).
@@ -328,8 +336,11 @@ impl BertSelfOutput {
     }
 
     pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool, hook: Hook) -> Tensor {
-        let projected = project(&self.dense, hidden, hook, "attention.output.dense", train)
-            .dropout(self.dropout, train);
+        let projected = dropout(
+            &project(&self.dense, hidden, hook, "attention.output.dense", train),
+            self.dropout,
+            train,
+        );
         add_and_norm(
             projected,
             residual,
@@ -358,15 +369,14 @@ impl BertAttention {
     pub fn forward_t(
         &self,
         hidden: &Tensor,
-        grid: &TokenGrid,
-        additive_mask: &Tensor,
+        blocks: &AttentionBlocks,
         train: bool,
         hook: Hook,
         prefix: Option<&(Tensor, Tensor)>,
     ) -> Tensor {
-        let attended =
-            self.self_attention
-                .forward_t(hidden, grid, additive_mask, train, hook, prefix);
+        let attended = self
+            .self_attention
+            .forward_t(hidden, blocks, train, hook, prefix);
         self.output.forward_t(&attended, hidden, train, hook)
     }
 }
@@ -425,8 +435,11 @@ impl BertOutput {
     }
 
     pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool, hook: Hook) -> Tensor {
-        let projected =
-            project(&self.dense, hidden, hook, "output.dense", train).dropout(self.dropout, train);
+        let projected = dropout(
+            &project(&self.dense, hidden, hook, "output.dense", train),
+            self.dropout,
+            train,
+        );
         add_and_norm(
             projected,
             residual,
@@ -454,19 +467,18 @@ impl BertLayer {
         }
     }
 
-    /// `hidden` holds the real tokens' rows of `grid`, `[tokens, hidden]`.
+    /// `hidden` holds the real tokens' rows, `[tokens, hidden]`.
     pub fn forward_t(
         &self,
         hidden: &Tensor,
-        grid: &TokenGrid,
-        additive_mask: &Tensor,
+        blocks: &AttentionBlocks,
         train: bool,
         hook: Hook,
         prefix: Option<&(Tensor, Tensor)>,
     ) -> Tensor {
         let attended = self
             .attention
-            .forward_t(hidden, grid, additive_mask, train, hook, prefix);
+            .forward_t(hidden, blocks, train, hook, prefix);
         let expanded = self.intermediate.forward(&attended, hook, train);
         self.output.forward_t(&expanded, &attended, train, hook)
     }
@@ -529,14 +541,17 @@ impl BertPooler {
 
 /// The real tokens of a padded `[batch, seq]` batch. The encoder runs everything that works
 /// token by token (projections, feed-forward, layer norms, adapters) on the real tokens' rows
-/// only, `[tokens, hidden]`, and lays them out on the padded grid just for attention: padding
-/// is 40% of a typical batch of passages, and none of it is computed.
+/// only, `[tokens, hidden]`, and lays them out on padded sequences just for attention (see
+/// [`AttentionBlocks`]): padding is 40% of a typical batch of passages, and none of it is
+/// computed.
 #[derive(Debug)]
 pub struct TokenGrid {
     batch: i64,
     seq: i64,
     /// Flat indices of the real tokens; `None` when the batch has no padding.
     real: Option<Tensor>,
+    /// Per sequence, one past its last real token.
+    extents: Vec<i64>,
 }
 
 impl TokenGrid {
@@ -545,11 +560,17 @@ impl TokenGrid {
             .size2()
             .expect("attention_mask is [batch, seq]");
         let flat = attention_mask.reshape([-1]).ne(0);
+        let positions = Tensor::arange(seq, (Kind::Int64, attention_mask.device())) + 1;
+        let extents = (attention_mask.ne(0).to_kind(Kind::Int64) * positions.unsqueeze(0))
+            .amax([1].as_slice(), false)
+            .to_device(Device::Cpu);
+        let extents = Vec::<i64>::try_from(&extents).expect("extents are int64");
         let padded = flat.logical_not().any().int64_value(&[]) != 0;
         TokenGrid {
             batch,
             seq,
             real: padded.then(|| flat.nonzero().squeeze_dim(1)),
+            extents,
         }
     }
 
@@ -574,6 +595,168 @@ impl TokenGrid {
             None => rows.shallow_clone(),
         };
         flat.reshape([self.batch, self.seq, width])
+    }
+
+    /// The layout attention runs on, for keys masked by `additive_mask` (`[batch, 1, 1,
+    /// virtual + seq]`, `virtual` being prefix tuning's learned keys ahead of the tokens').
+    pub fn attention_blocks(&self, additive_mask: &Tensor, virtual_keys: i64) -> AttentionBlocks {
+        let device = additive_mask.device();
+        let groups = group_by_extent(&self.extents, ATTENTION_BLOCK_COST);
+        if groups.len() == 1 && groups[0].1 == self.seq {
+            return AttentionBlocks {
+                blocks: vec![AttentionBlock {
+                    members: None,
+                    count: self.batch,
+                    len: self.seq,
+                    additive_mask: additive_mask.shallow_clone(),
+                }],
+                destination: self.real.as_ref().map(Tensor::shallow_clone),
+                total: self.batch * self.seq,
+            };
+        }
+        // Every real token's row goes to (its sequence's slot in its block, its position).
+        let mut slot_start = vec![0i64; self.batch as usize];
+        let mut block_len = vec![0i64; self.batch as usize];
+        let mut blocks = Vec::with_capacity(groups.len());
+        let mut offset = 0;
+        for (members, len) in &groups {
+            for (slot, &b) in members.iter().enumerate() {
+                slot_start[b as usize] = offset + slot as i64 * len;
+                block_len[b as usize] = *len;
+            }
+            let count = members.len() as i64;
+            let index = Tensor::from_slice(members).to_device(device);
+            blocks.push(AttentionBlock {
+                additive_mask: additive_mask.index_select(0, &index).narrow(
+                    3,
+                    0,
+                    virtual_keys + len,
+                ),
+                members: Some(index),
+                count,
+                len: *len,
+            });
+            offset += count * len;
+        }
+        // The rows are the real tokens in row-major [batch, seq] order.
+        let mask = match &self.real {
+            Some(real) => Vec::<i64>::try_from(&real.to_device(Device::Cpu)).expect("int64"),
+            None => (0..self.batch * self.seq).collect(),
+        };
+        let destination: Vec<i64> = mask
+            .iter()
+            .map(|&flat| {
+                let (b, position) = (flat / self.seq, flat % self.seq);
+                debug_assert!(position < block_len[b as usize]);
+                slot_start[b as usize] + position
+            })
+            .collect();
+        AttentionBlocks {
+            blocks,
+            destination: Some(Tensor::from_slice(&destination).to_device(device)),
+            total: offset,
+        }
+    }
+}
+
+/// What an extra attention block costs, in attention-matrix entries per head (a block's own cost
+/// being its sequences times its length squared): about what the dozen or so extra small ops of a
+/// block take on a CPU, next to attention's cost per entry.
+const ATTENTION_BLOCK_COST: i64 = 2_000;
+
+/// Sequences grouped into blocks of similar extent, each padded to its longest: the grouping of
+/// the sequences sorted by extent into contiguous runs that minimizes `sum(count * len^2) +
+/// block_cost * blocks` (dynamic programming over the sorted order). Returns each block's members
+/// (batch indices) and length; sequences with no tokens count as length 1.
+fn group_by_extent(extents: &[i64], block_cost: i64) -> Vec<(Vec<i64>, i64)> {
+    let mut order: Vec<usize> = (0..extents.len()).collect();
+    order.sort_by_key(|&i| (extents[i], i));
+    let len = |i: usize| extents[order[i]].max(1);
+    let n = order.len();
+    // best[j]: the cheapest grouping of the first j sorted sequences; start[j]: its last block's start.
+    let mut best = vec![0i64; n + 1];
+    let mut start = vec![0usize; n + 1];
+    for j in 1..=n {
+        let longest = len(j - 1);
+        let (cost, from) = (0..j)
+            .map(|i| (best[i] + (j - i) as i64 * longest * longest + block_cost, i))
+            .min()
+            .expect("j >= 1");
+        best[j] = cost;
+        start[j] = from;
+    }
+    let mut groups = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = start[j];
+        let members = order[i..j].iter().map(|&b| b as i64).collect();
+        groups.push((members, len(j - 1)));
+        j = i;
+    }
+    groups.reverse();
+    groups
+}
+
+/// Attention's layout of a batch: its sequences grouped by length into blocks, each padded only to
+/// its own longest sequence, so that padding costs little even when lengths vary widely. Attention
+/// is per sequence, so the grouping changes nothing but the cost (and the order of float sums).
+#[derive(Debug)]
+pub struct AttentionBlocks {
+    blocks: Vec<AttentionBlock>,
+    /// For each real token's row, its flat position in the blocks laid end to end; `None` when
+    /// the one block is the whole unpadded batch.
+    destination: Option<Tensor>,
+    total: i64,
+}
+
+#[derive(Debug)]
+struct AttentionBlock {
+    /// Batch indices of the block's sequences; `None` for the whole batch in order.
+    members: Option<Tensor>,
+    count: i64,
+    len: i64,
+    /// `[count, 1, 1, virtual + len]`.
+    additive_mask: Tensor,
+}
+
+impl AttentionBlock {
+    /// The rows of a `[batch, ...]` tensor that belong to this block's sequences.
+    fn members_of(&self, xs: &Tensor) -> Tensor {
+        match &self.members {
+            Some(index) => xs.index_select(0, index),
+            None => xs.shallow_clone(),
+        }
+    }
+}
+
+impl AttentionBlocks {
+    /// Each block's number of sequences and padded length.
+    pub fn shapes(&self) -> Vec<(i64, i64)> {
+        self.blocks.iter().map(|b| (b.count, b.len)).collect()
+    }
+
+    /// Rows `[tokens, width]` laid out as each block's `[count * len, width]`, zero at padding.
+    fn split(&self, rows: &Tensor) -> Vec<Tensor> {
+        let width = rows.size().last().copied().unwrap_or(0);
+        let flat = match &self.destination {
+            Some(destination) => Tensor::zeros([self.total, width], (rows.kind(), rows.device()))
+                .index_copy(0, destination, rows),
+            None => rows.shallow_clone(),
+        };
+        let sizes: Vec<i64> = self.blocks.iter().map(|b| b.count * b.len).collect();
+        flat.split_with_sizes(sizes.as_slice(), 0)
+    }
+
+    /// The inverse of [`split`](Self::split): each block's `[count * len, width]` back to rows.
+    fn merge(&self, blocks: &[Tensor]) -> Tensor {
+        let flat = match blocks {
+            [one] => one.shallow_clone(),
+            _ => Tensor::cat(blocks, 0),
+        };
+        match &self.destination {
+            Some(destination) => flat.index_select(0, destination),
+            None => flat,
+        }
     }
 }
 
@@ -780,6 +963,11 @@ impl BertModel {
             prefix,
         } = self.embed(input, train);
         let mask = self.additive_mask(&keys_mask, embedded.kind());
+        let virtual_keys = prefix
+            .as_ref()
+            .and_then(|p| p.first())
+            .map_or(0, |(k, _)| k.size()[2]);
+        let blocks = grid.attention_blocks(&mask, virtual_keys);
         let mut hidden = grid.to_rows(&embedded);
         if let Some(states) = states.as_mut() {
             states.push(embedded);
@@ -793,8 +981,7 @@ impl BertModel {
         for (i, layer) in self.encoder.layers.iter().enumerate() {
             hidden = layer.forward_t(
                 &hidden,
-                &grid,
-                &mask,
+                &blocks,
                 train,
                 adapter.map(|a| (a, i)),
                 prefix.as_ref().map(|p| &p[i]),
