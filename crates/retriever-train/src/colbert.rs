@@ -100,6 +100,13 @@ impl std::fmt::Debug for Colbert {
     }
 }
 
+/// Which side a batch holds; ColBERT embeds the two differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Texts {
+    Queries,
+    Documents,
+}
+
 /// Token embeddings of documents, `[docs, longest, dim]` float32 on the CPU, with the mask of the
 /// tokens that score (`[docs, longest]` bool: not padding, not punctuation).
 #[derive(Debug)]
@@ -305,12 +312,12 @@ impl Colbert {
     }
 
     /// Projected, L2-normalized token embeddings of a padded batch, `[rows, len, dim]` float32.
-    /// Query batches are embedded at every position: their [MASK] padding scores in MaxSim even
-    /// where no token attends to it.
-    fn embed(&self, batch: &EncodedBatch, train: bool) -> Tensor {
+    /// Queries are embedded at every position: their [MASK] padding scores in MaxSim even where no
+    /// token attends to it.
+    fn embed(&self, batch: &EncodedBatch, texts: Texts, train: bool) -> Tensor {
         let every_position;
         let mut input = batch.as_input();
-        if self.is_query_batch(batch) {
+        if texts == Texts::Queries {
             every_position = batch.attention_mask.ones_like();
             input.output_mask = Some(&every_position);
         }
@@ -319,22 +326,10 @@ impl Colbert {
         l2_normalize(&projected)
     }
 
-    /// Whether `batch` holds queries: every row carries the query marker after [CLS].
-    fn is_query_batch(&self, batch: &EncodedBatch) -> bool {
-        let ids = &batch.input_ids;
-        ids.size().get(1).is_some_and(|&len| len > 1)
-            && ids
-                .select(1, 1)
-                .eq(self.query_marker)
-                .all()
-                .int64_value(&[])
-                != 0
-    }
-
     /// Query token embeddings with gradients, `[queries, query_length, dim]`.
     pub fn forward_queries(&self, texts: &[&str], train: bool) -> Result<Tensor> {
         let rows = self.query_ids(texts)?;
-        Ok(self.embed(&self.query_batch(&rows), train))
+        Ok(self.embed(&self.query_batch(&rows), Texts::Queries, train))
     }
 
     /// Document token embeddings with gradients and their scoring mask.
@@ -342,7 +337,7 @@ impl Colbert {
         let rows = self.doc_ids(texts)?;
         let refs: Vec<&Vec<i64>> = rows.iter().collect();
         let (batch, mask) = self.doc_batch(&refs);
-        Ok((self.embed(&batch, train), mask))
+        Ok((self.embed(&batch, Texts::Documents, train), mask))
     }
 
     /// No-grad query embeddings in batches, `[queries, query_length, dim]` on the CPU.
@@ -382,7 +377,9 @@ impl Colbert {
                         .to_device(Device::Cpu)
                         .to_kind(Kind::Bool),
                 );
-                let embedded = self.embed(&batch, false).to_device(Device::Cpu);
+                let embedded = self
+                    .embed(&batch, Texts::Documents, false)
+                    .to_device(Device::Cpu);
                 let width = embedded.size()[1];
                 for (r, &i) in chunk.iter().enumerate() {
                     let r = r as i64;
@@ -491,10 +488,18 @@ impl Colbert {
         let d_ranges = gradcache::chunk_ranges(layout.passages.len(), config.gradcache_chunk);
         let sides = [
             Side::new(q_ranges.len(), |c| {
-                Ok(self.embed(&rows_of(&query_batch, q_ranges[c].clone()), true))
+                Ok(self.embed(
+                    &rows_of(&query_batch, q_ranges[c].clone()),
+                    Texts::Queries,
+                    true,
+                ))
             }),
             Side::new(d_ranges.len(), |c| {
-                Ok(self.embed(&rows_of(&doc_batch, d_ranges[c].clone()), true))
+                Ok(self.embed(
+                    &rows_of(&doc_batch, d_ranges[c].clone()),
+                    Texts::Documents,
+                    true,
+                ))
             }),
         ];
         let value = gradcache::backward(&sides, step as i64, |reps| {
