@@ -550,6 +550,8 @@ pub struct TokenGrid {
     seq: i64,
     /// Flat indices of the real tokens; `None` when the batch has no padding.
     real: Option<Tensor>,
+    /// The same indices on the host (all of them when there is no padding).
+    real_flat: Vec<i64>,
     /// Per sequence, one past its last real token.
     extents: Vec<i64>,
 }
@@ -559,17 +561,28 @@ impl TokenGrid {
         let (batch, seq) = attention_mask
             .size2()
             .expect("attention_mask is [batch, seq]");
-        let flat = attention_mask.reshape([-1]).ne(0);
-        let positions = Tensor::arange(seq, (Kind::Int64, attention_mask.device())) + 1;
-        let extents = (attention_mask.ne(0).to_kind(Kind::Int64) * positions.unsqueeze(0))
-            .amax([1].as_slice(), false)
-            .to_device(Device::Cpu);
-        let extents = Vec::<i64>::try_from(&extents).expect("extents are int64");
-        let padded = flat.logical_not().any().int64_value(&[]) != 0;
+        // One read of the mask on the host gives the real tokens and each sequence's extent.
+        let mask = Vec::<i64>::try_from(
+            &attention_mask
+                .ne(0)
+                .to_kind(Kind::Int64)
+                .reshape([-1])
+                .to_device(Device::Cpu),
+        )
+        .expect("the mask reads as int64");
+        let real_flat: Vec<i64> = (0..batch * seq)
+            .filter(|&i| mask[i as usize] != 0)
+            .collect();
+        let mut extents = vec![0i64; batch as usize];
+        for &i in &real_flat {
+            extents[(i / seq) as usize] = i % seq + 1;
+        }
+        let padded = real_flat.len() as i64 != batch * seq;
         TokenGrid {
             batch,
             seq,
-            real: padded.then(|| flat.nonzero().squeeze_dim(1)),
+            real: padded.then(|| Tensor::from_slice(&real_flat).to_device(attention_mask.device())),
+            real_flat,
             extents,
         }
     }
@@ -639,11 +652,8 @@ impl TokenGrid {
             offset += count * len;
         }
         // The rows are the real tokens in row-major [batch, seq] order.
-        let mask = match &self.real {
-            Some(real) => Vec::<i64>::try_from(&real.to_device(Device::Cpu)).expect("int64"),
-            None => (0..self.batch * self.seq).collect(),
-        };
-        let destination: Vec<i64> = mask
+        let destination: Vec<i64> = self
+            .real_flat
             .iter()
             .map(|&flat| {
                 let (b, position) = (flat / self.seq, flat % self.seq);
