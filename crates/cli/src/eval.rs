@@ -3,9 +3,9 @@
 //! JSON (atomically).
 //!
 //! Inputs: TREC run files (`qid Q0 docid rank score tag`) or Parquet runs (`query_id`, `doc_id`,
-//! `score`); TREC qrels (`qid iter docid rel`) or the data crate's qrels Parquet (`query_id`,
-//! `doc_id`, `relevance`); JSONL predictions/references with an id field and a text field (a
-//! reference's text may be a list of strings).
+//! `score`); TREC qrels (`qid iter docid rel`), BEIR qrels TSV (`query-id corpus-id score`) or the
+//! data crate's qrels Parquet (`query_id`, `doc_id`, `relevance`); JSONL predictions/references
+//! with an id field and a text field (a reference's text may be a list of strings).
 
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, Float64Array, StringArray};
@@ -38,7 +38,8 @@ struct RetrievalArgs {
     /// Run: TREC run file, or Parquet with query_id, doc_id, score.
     #[arg(long)]
     run: PathBuf,
-    /// Qrels: TREC qrels file, or Parquet with query_id, doc_id, relevance.
+    /// Qrels: TREC qrels file, BEIR qrels TSV (query-id corpus-id score), or Parquet with
+    /// query_id, doc_id, relevance.
     #[arg(long)]
     qrels: PathBuf,
     /// Cutoffs, comma-separated.
@@ -189,39 +190,10 @@ fn read_trec_run(path: &Path) -> Result<Run> {
     Ok(run)
 }
 
-fn read_trec_qrels(path: &Path) -> Result<Qrels> {
-    let mut qrels = Qrels::new();
-    for (i, line) in read_lines(path)?.lines().enumerate() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        if fields.len() != 4 {
-            bail!(
-                "{}: a TREC qrels line has 4 fields (qid iter docid rel), found {}",
-                at(),
-                fields.len()
-            );
-        }
-        let rel: i64 = fields[3].parse().map_err(|_| {
-            anyhow::anyhow!("{}: field `rel` is not an integer: {:?}", at(), fields[3])
-        })?;
-        if qrels
-            .entry(fields[0].to_string())
-            .or_default()
-            .insert(fields[2].to_string(), rel)
-            .is_some()
-        {
-            bail!(
-                "{}: doc {} is judged twice for query {}",
-                at(),
-                fields[2],
-                fields[0]
-            );
-        }
-    }
-    Ok(qrels)
+/// TREC qrels (`qid iter docid rel`) or BEIR qrels TSV (`query-id corpus-id score`, optional
+/// header), detected per file.
+fn read_text_qrels(path: &Path) -> Result<Qrels> {
+    Ok(ragtune_eval::trec::parse_qrels(path, &read_lines(path)?)?)
 }
 
 fn read_parquet_run(path: &Path) -> Result<Run> {
@@ -322,7 +294,7 @@ fn run_retrieval(args: RetrievalArgs) -> Result<()> {
     let qrels = if is_parquet(&args.qrels) {
         read_parquet_qrels(&args.qrels)?
     } else {
-        read_trec_qrels(&args.qrels)?
+        read_text_qrels(&args.qrels)?
     };
     let measures = retrieval::standard_measures(&args.k);
     let report = retrieval::evaluate(&run, &qrels, &measures)?;

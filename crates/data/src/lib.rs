@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod dedup;
 mod error;
 pub mod export;
+pub mod given_splits;
 pub mod import;
 pub mod records;
 pub mod split;
@@ -19,5 +20,6 @@ pub mod tokenize;
 
 pub use dataset::Dataset;
 pub use error::{DataError, Location, Result};
+pub use given_splits::{read_given_splits, GivenSplits, SplitsLayout};
 pub use records::{Doc, MiningProvenance, Negative, Preference, QaExample, Qrel, Query, Triplet};
 pub use table::{read_table, write_table, Record, TableReader, TableWriter};

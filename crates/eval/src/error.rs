@@ -18,6 +18,15 @@ pub enum EvalError {
     #[error("invalid input: {0}")]
     Invalid(String),
 
+    /// A line of an input file (qrels) that does not parse.
+    #[error("{}, line {line}{}: {message}", path.display(), field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+    Parse {
+        path: std::path::PathBuf,
+        line: usize,
+        field: Option<String>,
+        message: String,
+    },
+
     /// The caller's token encoder failed (BERTScore).
     #[error("token encoder failed: {0}")]
     Encoder(String),

@@ -19,5 +19,6 @@ pub mod rouge;
 pub mod significance;
 pub mod squad;
 pub mod text;
+pub mod trec;
 
 pub use error::{EvalError, Result};

@@ -10,6 +10,9 @@ mod msmarco;
 mod squad;
 
 pub use beir::{import_beir, parse_qrel_line};
+pub(crate) use beir::{
+    read_corpus, read_qrels, read_queries, CORPUS_JSONL, QRELS_DIR, QUERIES_JSONL,
+};
 pub use fanoutqa::{import_fanoutqa, parse_fanoutqa};
 pub use faq::import_faq;
 pub use generic::{
