@@ -1,12 +1,14 @@
 //! Set-up on a fresh machine: a project-local venv with torch 2.11.0 and the reference libraries,
-//! the `.venv/libtorch` link that `.cargo/config.toml` builds against, and the real assets from PyPI.
+//! the `.venv/libtorch` link that `.cargo/config.toml` builds against, the real assets from PyPI, and
+//! Chromium (Debian's package) for the browser check of rendered reports in ragtune-report.
 //!
 //! Every step checks before it acts, so a second run only verifies.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +25,87 @@ pub fn run(root: &Path) -> Result<PathBuf> {
     ensure_requirements(root, &python)?;
     link_libtorch(root, &python)?;
     ensure_assets(root, &python)?;
+    ensure_chromium()?;
     Ok(python)
+}
+
+/// The names ragtune-report's `browser::find_chromium` looks for on PATH.
+const CHROMIUM_BINARIES: [&str; 4] = [
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+];
+
+/// ragtune-report's browser test opens a rendered report in headless Chromium and fails without
+/// one, so set-up installs Debian's `chromium` when no Chromium is on PATH (and does nothing when one is).
+fn ensure_chromium() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if find_on_path(&path, &CHROMIUM_BINARIES).is_some() {
+        return Ok(());
+    }
+    let apt = find_on_path(&path, &["apt-get"]).ok_or_else(|| {
+        anyhow!(
+            "no Chromium on PATH and no apt-get to install it: install Chromium so that one of {} is on PATH \
+             (the ragtune-report browser test needs it), then run `cargo xtask setup` again",
+            CHROMIUM_BINARIES.join(", ")
+        )
+    })?;
+    eprintln!(
+        "setup: installing Debian's chromium with apt-get (for the ragtune-report browser test)"
+    );
+    // apt-get needs root; elsewhere go through sudo, which may ask for a password.
+    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours.
+    let root = unsafe { libc::geteuid() } == 0;
+    let apt_get = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new(&apt)
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg(&apt);
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    let hint =
+        "the ragtune-report browser test needs Chromium: install Debian's `chromium` package \
+                (`apt-get install chromium`) and run `cargo xtask setup` again";
+    crate::run(&mut apt_get(&["update"]), "apt-get update").context(hint)?;
+    // Without recommends the install is smaller; some mirrors or derivatives need them, so retry.
+    let lean = crate::run(
+        &mut apt_get(&["install", "-y", "--no-install-recommends", "chromium"]),
+        "apt-get install -y --no-install-recommends chromium",
+    );
+    if let Err(e) = lean {
+        eprintln!("setup: {e:#}; retrying with recommended packages");
+        crate::run(
+            &mut apt_get(&["install", "-y", "chromium"]),
+            "apt-get install -y chromium",
+        )
+        .context(hint)?;
+    }
+    if find_on_path(&path, &CHROMIUM_BINARIES).is_none() {
+        bail!(
+            "apt-get installed chromium but none of {} is on PATH; {hint}",
+            CHROMIUM_BINARIES.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The first of `names` that is an executable file in a folder of `path` (a PATH value).
+fn find_on_path(path: &OsStr, names: &[&str]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    names.iter().find_map(|name| {
+        std::env::split_paths(path)
+            .map(|dir| dir.join(name))
+            .find(|p| {
+                fs::metadata(p)
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                    .unwrap_or(false)
+            })
+    })
 }
 
 fn ensure_venv(root: &Path) -> Result<PathBuf> {
@@ -319,6 +401,26 @@ mod tests {
             err.contains("a.txt") && err.contains("manifest says"),
             "{err}"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn chromium_lookup_needs_an_executable_on_path() {
+        use std::os::unix::fs::PermissionsExt;
+        // Its own folder: the other test removes tempdir() while this one may still run.
+        let dir = std::env::temp_dir().join(format!("xtask-chromium-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = std::env::join_paths([dir.clone()]).unwrap();
+        assert_eq!(find_on_path(&path, &CHROMIUM_BINARIES), None);
+        let bin = dir.join("chromium-browser");
+        fs::write(&bin, "#!/bin/sh\n").unwrap();
+        assert_eq!(
+            find_on_path(&path, &CHROMIUM_BINARIES),
+            None,
+            "not executable yet"
+        );
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(find_on_path(&path, &CHROMIUM_BINARIES), Some(bin));
         fs::remove_dir_all(dir).unwrap();
     }
 
