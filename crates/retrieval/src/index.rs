@@ -1,8 +1,7 @@
 //! Nearest-neighbour search over passage embeddings: exact (a matrix product and top-k) or
 //! approximate (HNSW, Malkov & Yashunin 2018, through `hnsw_rs`).
 
-use crate::losses::Similarity;
-use crate::{Result, RetrieverError};
+use crate::{Result, RetrievalError, Similarity};
 use anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
 use serde::{Deserialize, Serialize};
@@ -87,7 +86,7 @@ impl DenseIndex {
     /// An exact index over `embeddings [passages, dim]`.
     pub fn exact(embeddings: &Tensor, similarity: Similarity) -> Result<Self> {
         if embeddings.dim() != 2 {
-            return Err(RetrieverError::Invalid(format!(
+            return Err(RetrievalError::Invalid(format!(
                 "index: embeddings must be [passages, dim], got {:?}",
                 embeddings.size()
             )));
@@ -102,7 +101,7 @@ impl DenseIndex {
     /// An exact index plus an HNSW graph over the same embeddings.
     pub fn hnsw(embeddings: &Tensor, similarity: Similarity, config: HnswConfig) -> Result<Self> {
         if config.m == 0 || config.m > 256 || config.ef_construction == 0 {
-            return Err(RetrieverError::Invalid(format!(
+            return Err(RetrievalError::Invalid(format!(
                 "HNSW: m must be 1..=256 and ef_construction at least 1 (got m {}, ef_construction {})",
                 config.m, config.ef_construction
             )));
@@ -202,7 +201,7 @@ impl DenseIndex {
     /// Approximate search through the HNSW graph; the hits' scores are their exact similarities.
     pub fn search_hnsw(&self, queries: &Tensor, k: usize) -> Result<Vec<Vec<Hit>>> {
         let (graph, config) = self.hnsw.as_ref().ok_or_else(|| {
-            RetrieverError::Invalid(
+            RetrievalError::Invalid(
                 "this index was built without HNSW; build it with DenseIndex::hnsw".into(),
             )
         })?;

@@ -30,6 +30,9 @@ pub enum RetrieverError {
 
     #[error(transparent)]
     Trainer(#[from] ragtune_trainer::TrainerError),
+
+    #[error(transparent)]
+    Retrieval(#[from] ragtune_retrieval::RetrievalError),
 }
 
 pub type Result<T, E = RetrieverError> = std::result::Result<T, E>;

@@ -2,7 +2,7 @@
 //!
 //! - [`losses`]: InfoNCE (plain and symmetric), Margin-MSE and KL distillation on score matrices.
 //! - [`gradcache`]: large contrastive batches in bounded memory.
-//! - [`index`]: exact and HNSW search; [`mining`]: hard negatives with false-negative filters.
+//! - [`index`]: exact and HNSW search (from `ragtune-retrieval`); [`mining`]: hard negatives with false-negative filters.
 //! - [`model`]: DPR / Contriever / sentence-transformers bi-encoders; [`export`]: sentence-transformers folders.
 //! - [`adapters`]: LoRA/IA3 on the towers (`[model.peft]`), exported in PEFT's format.
 //! - [`contriever`]: Contriever's unsupervised independent-cropping objective on a raw corpus.
@@ -15,10 +15,11 @@ pub mod error;
 pub mod evaluate;
 pub mod export;
 pub mod gradcache;
-pub mod index;
 pub mod losses;
 pub mod mining;
 pub mod model;
 pub mod train;
 
 pub use error::{Result, RetrieverError};
+/// Exact and HNSW search live in the shared retrieval crate; this path keeps older imports working.
+pub use ragtune_retrieval::index;

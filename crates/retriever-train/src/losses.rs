@@ -4,35 +4,14 @@
 //! the same code serves bi-encoders (a matrix product of pooled vectors) and ColBERT (MaxSim).
 
 use crate::{Result, RetrieverError};
-use ragtune_models::pooling::l2_normalize;
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
 /// The temperature of InfoNCE that sentence-transformers' MultipleNegativesRankingLoss uses
 /// (its `scale` of 20 is 1 / 0.05).
 pub const DEFAULT_TEMPERATURE: f64 = 0.05;
 
-/// How two pooled embeddings are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Similarity {
-    /// Cosine similarity: dot product of L2-normalized vectors.
-    #[default]
-    Cosine,
-    /// Plain inner product (DPR).
-    Dot,
-}
-
-impl Similarity {
-    /// `[queries, passages]` scores of `queries [q, d]` against `passages [p, d]`, in float32.
-    pub fn matrix(self, queries: &Tensor, passages: &Tensor) -> Tensor {
-        let (q, p) = (queries.to_kind(Kind::Float), passages.to_kind(Kind::Float));
-        match self {
-            Similarity::Dot => q.matmul(&p.tr()),
-            Similarity::Cosine => l2_normalize(&q).matmul(&l2_normalize(&p).tr()),
-        }
-    }
-}
+/// How two pooled embeddings are compared (shared with the retrieval crate's indexes).
+pub use ragtune_retrieval::Similarity;
 
 fn check_scores(scores: &Tensor, rows: i64, what: &str) -> Result<()> {
     let size = scores.size();

@@ -68,14 +68,7 @@ pub struct MiningReport {
     pub dropped_likely_false_negatives: usize,
 }
 
-/// The text a passage is encoded from: its title (when there is one) and its text.
-pub fn passage_text(doc: &Doc) -> String {
-    if doc.title.trim().is_empty() {
-        doc.text.clone()
-    } else {
-        format!("{}. {}", doc.title.trim(), doc.text)
-    }
-}
+pub use ragtune_retrieval::passage_text;
 
 /// Mines negatives for every (query, relevant passage) pair of `qrels`. Pairs whose query or
 /// passage is missing are an error naming the id. Triplets come out in qrels order; a pair whose

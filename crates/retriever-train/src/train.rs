@@ -25,7 +25,9 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// The FAQ JSONL (`assets/zaragoza-faq/faq-en.jsonl`), or a dataset folder (corpus, queries, qrels).
+    /// The FAQ JSONL (`assets/zaragoza-faq/faq-en.jsonl`), a dataset folder (corpus, queries,
+    /// qrels; split here), a folder with its own `train/`, `val/` and `test/` dataset folders, or a
+    /// BEIR folder with `qrels/{train,dev,test}.tsv`.
     pub source: PathBuf,
     pub split_seed: u64,
     /// Fractions of queries for train, val and test.
@@ -161,15 +163,69 @@ pub struct RetrieverConfig {
 impl RetrieverConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| RetrieverError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| RetrieverError::Config {
+        let config: Self = toml::from_str(&text).map_err(|e| RetrieverError::Config {
+            path: path.to_path_buf(),
+            message: ragtune_trainer::config_errors::with_suggestion(&e.to_string()),
+        })?;
+        config.validate().map_err(|e| RetrieverError::Config {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        Ok(config)
+    }
+
+    /// Settings that contradict each other, found before any model or data is loaded.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |m: &str| Err(RetrieverError::Invalid(m.into()));
+        let colbert = self.model.architecture == Architecture::Colbert;
+        if self.negatives.hard && colbert {
+            return invalid(
+                "negatives.hard mines with a single-vector index: mine with a bi-encoder \
+                 (`ragtune retriever mine`) and train ColBERT on negatives.triplets",
+            );
+        }
+        if self.negatives.hard && self.negatives.triplets.is_some() {
+            return invalid(
+                "negatives.hard (mine now) and negatives.triplets (a mined file) exclude each other",
+            );
+        }
+        if self.loss.kind.is_distillation() && self.negatives.triplets.is_none() {
+            return Err(RetrieverError::Invalid(format!(
+                "loss.kind {:?} distills teacher scores: set negatives.triplets to a teacher-scored \
+                 triplets file (`ragtune retriever score`)",
+                self.loss.kind
+            )));
+        }
+        if self.objective.kind == ObjectiveKind::ContrieverCrops {
+            if colbert {
+                return invalid("Contriever cropping trains a bi-encoder, not ColBERT");
+            }
+            if self.negatives.hard {
+                return invalid(
+                    "objective.kind = \"contriever_crops\" uses in-batch negatives only: set negatives.hard = false",
+                );
+            }
+        }
+        if self.data.fractions.iter().any(|f| *f < 0.0)
+            || (self.data.fractions.iter().sum::<f64>() - 1.0).abs() > 1e-6
+        {
+            return Err(RetrieverError::Invalid(format!(
+                "data.fractions must be three non-negative fractions summing to 1, got {:?}",
+                self.data.fractions
+            )));
+        }
+        self.trainer.validate()?;
+        Ok(())
     }
 }
 
-/// The three splits of the configured data.
+/// The three splits of the configured data: the dataset's own (`train/`, `val/` and `test/`
+/// folders, or a BEIR folder's `qrels/{train,dev,test}.tsv`) when it has them, else a seeded,
+/// leak-free split of it.
 pub fn load_splits(config: &DataConfig) -> Result<[Dataset; 3]> {
+    if let Some(given) = ragtune_data::read_given_splits(&config.source, config.split_seed)? {
+        return Ok(given.splits);
+    }
     let dataset = if config.source.is_dir() {
         Dataset::read(&config.source)?
     } else {
@@ -454,6 +510,18 @@ pub fn read_training_triplets(
     Ok(triplets)
 }
 
+/// The mined triplets of a run, in its folder.
+const MINED_FILE: &str = "triplets.parquet";
+
+/// Whether `config` continues a run that has saved a checkpoint.
+fn resuming(config: &RetrieverConfig) -> bool {
+    let checkpoints = config.trainer.run_dir().join("checkpoints");
+    config.trainer.resume
+        && ragtune_trainer::CheckpointManager::new(checkpoints, 1)
+            .latest()
+            .is_ok_and(|latest| latest.is_some())
+}
+
 /// The run's outcome, also written as `report.json` and `report.md` in the run folder.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -468,7 +536,8 @@ pub struct RunReport {
 
 /// Trains and evaluates as `config` says, on `device`; writes the run folder and returns the report.
 pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
-    // 1. Data: the seeded, leak-free split.
+    // 1. Data: the dataset's own splits, or a seeded, leak-free split of it.
+    config.validate()?;
     let [train, val, test] = load_splits(&config.data)?;
     let run_dir = config.trainer.run_dir();
     std::fs::create_dir_all(&run_dir).map_err(|e| RetrieverError::io(&run_dir, e))?;
@@ -487,11 +556,6 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
         let bi_encoder = bi_encoder.ok_or_else(|| {
             RetrieverError::Invalid("Contriever cropping trains a bi-encoder, not ColBERT".into())
         })?;
-        if config.negatives.hard {
-            return Err(RetrieverError::Invalid(
-                "objective.kind = \"contriever_crops\" uses in-batch negatives only: set negatives.hard = false".into(),
-            ));
-        }
         let docs = match &config.objective.corpus {
             Some(path) => contriever::read_corpus(path)?,
             None => train.corpus.clone(),
@@ -500,30 +564,17 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
     } else {
         Vec::new()
     };
-    if config.negatives.hard && bi_encoder.is_none() {
-        return Err(RetrieverError::Invalid(
-            "negatives.hard mines with a single-vector index: mine with a bi-encoder \
-             (`ragtune retriever mine`) and train ColBERT on negatives.triplets"
-                .into(),
-        ));
-    }
-    if config.negatives.hard && config.negatives.triplets.is_some() {
-        return Err(RetrieverError::Invalid(
-            "negatives.hard (mine now) and negatives.triplets (a mined file) exclude each other"
-                .into(),
-        ));
-    }
-    if config.loss.kind.is_distillation() && config.negatives.triplets.is_none() {
-        return Err(RetrieverError::Invalid(format!(
-            "loss.kind {:?} distills teacher scores: set negatives.triplets to a teacher-scored \
-             triplets file (`ragtune retriever score`)",
-            config.loss.kind
-        )));
-    }
     let mut triplets = if !crops.is_empty() {
         Vec::new()
     } else if let Some(path) = &config.negatives.triplets {
         read_training_triplets(path, &train, config.loss.kind.is_distillation())?
+    } else if let (true, true) = (
+        config.negatives.hard && resuming(config),
+        run_dir.join(MINED_FILE).is_file(),
+    ) {
+        // HNSW builds its graph in parallel, so mining again could pick other negatives: a resumed
+        // run trains on the ones it started with.
+        ragtune_data::read_table(&run_dir.join(MINED_FILE))?
     } else if let (true, Some(bi_encoder)) = (config.negatives.hard, bi_encoder) {
         let (triplets, report) = tch::no_grad(|| {
             mining::mine(
@@ -535,7 +586,7 @@ pub fn run(config: &RetrieverConfig, device: Device) -> Result<RunReport> {
                 &model_name(config),
             )
         })?;
-        ragtune_data::write_table(&run_dir.join("triplets.parquet"), &triplets)?;
+        ragtune_data::write_table(&run_dir.join(MINED_FILE), &triplets)?;
         mining_report = Some(report);
         triplets
     } else {
