@@ -17,11 +17,16 @@ pub struct GeneratorConfig {
     /// A `.gguf` file or a Hugging Face folder.
     pub model: PathBuf,
     /// Dataset folders (ragtune's Parquet tables: corpus + qa) for training and evaluation.
+    #[serde(default)]
     pub train: PathBuf,
     pub valid: Option<PathBuf>,
     pub test: Option<PathBuf>,
     /// Where the passages come from (the corpus table of this dataset; `train` when unset).
     pub corpus: Option<PathBuf>,
+    /// How passages are retrieved for every prompt (`backend = "dense"` with a sentence-transformers
+    /// folder, such as a tuned retriever's export, or `"tfidf"`, the default).
+    #[serde(default)]
+    pub retrieval: ragtune_retrieval::RetrievalConfig,
     /// Use at most this many training examples (small CPU runs).
     pub max_train_examples: Option<usize>,
     /// Absent: full fine-tuning.
@@ -59,6 +64,8 @@ pub struct EvalSettings {
     /// Score at most this many test questions.
     pub limit: Option<usize>,
     pub batch_size: usize,
+    /// SFT: also score the untuned model first, with the same prompts and passages.
+    pub base: bool,
 }
 
 impl Default for EvalSettings {
@@ -67,6 +74,7 @@ impl Default for EvalSettings {
             max_new_tokens: 96,
             limit: None,
             batch_size: 8,
+            base: false,
         }
     }
 }
@@ -79,9 +87,49 @@ impl GeneratorConfig {
             path: path.into(),
             message: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| GeneratorError::Config {
+        let config: Self = toml::from_str(&text).map_err(|e| GeneratorError::Config {
+            path: path.into(),
+            message: ragtune_trainer::config_errors::with_suggestion(&e.to_string()),
+        })?;
+        config.validate().map_err(|e| GeneratorError::Config {
             path: path.into(),
             message: e.to_string(),
-        })
+        })?;
+        Ok(config)
+    }
+
+    /// Settings that contradict each other or are missing, found before any model is loaded.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |m: String| Err(GeneratorError::Invalid(m));
+        if self.train.as_os_str().is_empty() {
+            return invalid(
+                "`train` (a dataset folder with qa and corpus tables) is not set".into(),
+            );
+        }
+        if self.contexts.k == 0 {
+            return invalid("contexts.k must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.contexts.gold_probability) {
+            return invalid(format!(
+                "contexts.gold_probability must be within [0, 1], got {}",
+                self.contexts.gold_probability
+            ));
+        }
+        if self.packing.enabled
+            && matches!(
+                self.peft,
+                Some(PeftConfig::PrefixTuning(_) | PeftConfig::PromptTuning(_))
+            )
+        {
+            return invalid(
+                "packing works with full fine-tuning, LoRA and IA3, not with prefix or prompt tuning"
+                    .into(),
+            );
+        }
+        if self.gradient_checkpointing && matches!(self.peft, Some(PeftConfig::PrefixTuning(_))) {
+            return invalid("gradient_checkpointing does not cover prefix tuning".into());
+        }
+        self.trainer.validate()?;
+        Ok(())
     }
 }

@@ -16,6 +16,22 @@ pub enum GeneratorError {
     Eval(#[from] ragtune_eval::EvalError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Retrieval(#[from] ragtune_retrieval::RetrievalError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = GeneratorError> = std::result::Result<T, E>;
+
+impl GeneratorError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        GeneratorError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! stemming), corpus BLEU, METEOR and groundedness in the passages, all from the eval crate.
 
 use crate::config::EvalSettings;
-use crate::contexts::{retrieved, LexicalIndex};
+use crate::contexts::{retrieved, Ranking};
 use crate::prompt::PromptBuilder;
 use crate::{GeneratorError, Result};
 use ragtune_data::QaExample;
@@ -24,6 +24,8 @@ pub struct Prediction {
 pub struct EvalReport {
     pub examples: usize,
     pub metrics: BTreeMap<String, f64>,
+    /// Each metric but corpus BLEU per question, in prediction order (for paired tests).
+    pub per_question: BTreeMap<String, Vec<f64>>,
     pub predictions: Vec<Prediction>,
 }
 
@@ -45,11 +47,12 @@ pub fn greedy_chat_generation(lm: &CausalLm, max_new_tokens: usize) -> Result<Ge
 }
 
 /// Generates answers with `lm` as it stands (attach an adapter first to evaluate it) for the
-/// first `settings.limit` questions, with the top-k lexical passages in the prompt.
+/// first `settings.limit` questions, with the top-k passages of `ranking` (row for row with `qa`)
+/// in the prompt.
 pub fn evaluate(
     lm: &CausalLm,
     qa: &[QaExample],
-    index: &LexicalIndex,
+    ranking: &Ranking,
     builder: &PromptBuilder,
     k: usize,
     settings: &EvalSettings,
@@ -65,7 +68,7 @@ pub fn evaluate(
     for chunk in qa.chunks(settings.batch_size.max(1)) {
         let mut prompts = vec![];
         for ex in chunk {
-            let passages = retrieved(index, ex, k);
+            let passages = retrieved(ranking, contexts.len(), ex, k);
             prompts.push(builder.prompt(&ex.question, &passages)?);
             contexts.push(passages);
         }
@@ -80,42 +83,45 @@ pub fn evaluate(
         }
         on_batch(chunk.len());
     }
-    let n = predictions.len() as f64;
-    let mean = |f: &dyn Fn(&Prediction, usize) -> f64| {
+    let score = |f: &dyn Fn(&Prediction, usize) -> f64| -> Vec<f64> {
         predictions
             .iter()
             .enumerate()
             .map(|(i, p)| f(p, i))
-            .sum::<f64>()
-            / n
+            .collect()
     };
-    let mut metrics = BTreeMap::new();
-    metrics.insert(
+    let mut per_question: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    per_question.insert(
         "exact_match".into(),
-        mean(&|p, _| ragtune_eval::squad::exact_match(&p.prediction, &p.answers)),
+        score(&|p, _| ragtune_eval::squad::exact_match(&p.prediction, &p.answers)),
     );
-    metrics.insert(
+    per_question.insert(
         "f1".into(),
-        mean(&|p, _| ragtune_eval::squad::token_f1(&p.prediction, &p.answers)),
+        score(&|p, _| ragtune_eval::squad::token_f1(&p.prediction, &p.answers)),
     );
-    metrics.insert(
+    per_question.insert(
         "rouge_l".into(),
-        mean(&|p, _| {
+        score(&|p, _| {
             ragtune_eval::rouge::rouge_multi(&p.prediction, &p.answers, true)
                 .rouge_l
                 .fmeasure
         }),
     );
-    metrics.insert(
+    per_question.insert(
         "meteor".into(),
-        mean(&|p, _| ragtune_eval::meteor::meteor(&p.prediction, &p.answers)),
+        score(&|p, _| ragtune_eval::meteor::meteor(&p.prediction, &p.answers)),
     );
-    metrics.insert(
+    per_question.insert(
         "groundedness".into(),
-        mean(&|p, i| {
+        score(&|p, i| {
             groundedness(&p.prediction, &contexts[i], GroundednessParams::default()).token_support
         }),
     );
+    let n = predictions.len() as f64;
+    let mut metrics: BTreeMap<String, f64> = per_question
+        .iter()
+        .map(|(name, values)| (name.clone(), values.iter().sum::<f64>() / n))
+        .collect();
     let hyps: Vec<&str> = predictions.iter().map(|p| p.prediction.as_str()).collect();
     let refs: Vec<Vec<String>> = predictions.iter().map(|p| p.answers.clone()).collect();
     metrics.insert(
@@ -125,6 +131,44 @@ pub fn evaluate(
     Ok(EvalReport {
         examples: predictions.len(),
         metrics,
+        per_question,
         predictions,
     })
+}
+
+/// `ragtune generator eval`: the model (with `adapter` attached, when given) on the config's test
+/// split, with the configured retriever's top-k in every prompt.
+pub fn run(
+    config: &crate::config::GeneratorConfig,
+    adapter: Option<&std::path::Path>,
+    device: tch::Device,
+) -> Result<EvalReport> {
+    let mut s = crate::setup::load(config, device)?;
+    if let Some(dir) = adapter {
+        crate::setup::attach_for_generation(&mut s.lm, dir, device)?;
+    }
+    if s.test.qa.is_empty() {
+        return Err(GeneratorError::Invalid(
+            "the config has no `test` dataset with a qa table to evaluate on".into(),
+        ));
+    }
+    let builder = PromptBuilder::new(&config.prompt, &s.lm.tokenizer)?;
+    let ranking = Ranking::for_qa(s.retriever.as_ref(), &s.test.qa, config.contexts.k)?;
+    let n = config
+        .eval
+        .limit
+        .unwrap_or(s.test.qa.len())
+        .min(s.test.qa.len());
+    let progress = ragtune_trainer::Progress::items(n as u64, "questions");
+    let report = evaluate(
+        &s.lm,
+        &s.test.qa,
+        &ranking,
+        &builder,
+        config.contexts.k,
+        &config.eval,
+        |k| progress.inc(k as u64),
+    )?;
+    progress.finish_and_clear();
+    Ok(report)
 }

@@ -4,7 +4,7 @@
 //! model sees at train time (RAFT-mixed for the training split, the plain top-k for held-out
 //! splits), so DPO teaches it to prefer the grounded gold answer over its own guess given them.
 
-use crate::contexts::{raft, retrieved, ContextConfig, LexicalIndex};
+use crate::contexts::{raft, retrieved, wrong_passage, ContextConfig, Ranking};
 use crate::prompt::PromptBuilder;
 use crate::{GeneratorError, Result};
 use ragtune_data::{Preference, QaExample};
@@ -50,7 +50,7 @@ pub enum RejectedSource {
 pub enum PairContext {
     /// RAFT mixing with the config's seed, as SFT builds its examples (the training split).
     Raft,
-    /// The plain top-k of the lexical index, as evaluation and a deployed RAG see it.
+    /// The plain top-k of the retriever, as evaluation and a deployed RAG see it.
     Retrieved,
 }
 
@@ -78,15 +78,6 @@ pub fn join_context(passages: &[String]) -> String {
         .join("\n\n")
 }
 
-fn wrong_passage(index: &LexicalIndex, ex: &QaExample) -> Option<String> {
-    index
-        .search(&ex.question, 1 + ex.gold_doc_ids.len())
-        .into_iter()
-        .map(|i| index.doc(i))
-        .find(|d| !ex.gold_doc_ids.contains(&d.doc_id))
-        .map(|d| d.text.clone())
-}
-
 fn normalized(s: &str) -> String {
     s.split_whitespace()
         .collect::<Vec<_>>()
@@ -101,7 +92,7 @@ fn normalized(s: &str) -> String {
 pub fn make_pairs(
     lm: &CausalLm,
     qa: &[QaExample],
-    index: &LexicalIndex,
+    ranking: &Ranking,
     builder: &PromptBuilder,
     contexts: &ContextConfig,
     settings: &PairsSettings,
@@ -125,13 +116,13 @@ pub fn make_pairs(
             })?;
             let shown = match context {
                 // The same salt as `sft::build_examples`: row i of the split sees what SFT showed it.
-                PairContext::Raft => raft(index, ex, contexts, i as u64),
-                PairContext::Retrieved => retrieved(index, ex, contexts.k),
+                PairContext::Raft => raft(ranking, i, ex, contexts, i as u64),
+                PairContext::Retrieved => retrieved(ranking, i, ex, contexts.k),
             };
             let rejected_passages = match settings.rejected {
                 RejectedSource::ClosedBook => vec![],
                 RejectedSource::WrongPassage => {
-                    vec![wrong_passage(index, ex).ok_or_else(|| {
+                    vec![wrong_passage(ranking, i, ex).ok_or_else(|| {
                         GeneratorError::Invalid(format!(
                             "qa row {i} (id {:?}): the corpus has no passage besides the gold ones",
                             ex.id
@@ -166,4 +157,60 @@ pub fn make_pairs(
         on_batch(chunk.len());
     }
     Ok(out)
+}
+
+/// Which split's questions [`run`] makes pairs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairSplit {
+    Train,
+    Val,
+    Test,
+}
+
+/// `ragtune generator make-pairs`: pairs from the first `limit` questions of `split`, written to
+/// `<out>/preferences.parquet`. Training pairs keep the RAFT-mixed passages SFT showed; held-out
+/// pairs the plain top-k.
+pub fn run(
+    config: &crate::config::GeneratorConfig,
+    split: PairSplit,
+    limit: Option<usize>,
+    out: &std::path::Path,
+    device: tch::Device,
+) -> Result<MadePairs> {
+    let mut s = crate::setup::load(config, device)?;
+    let (data, context, name) = match split {
+        PairSplit::Train => (&s.train, PairContext::Raft, "train"),
+        PairSplit::Val => (&s.valid, PairContext::Retrieved, "valid"),
+        PairSplit::Test => (&s.test, PairContext::Retrieved, "test"),
+    };
+    if data.qa.is_empty() {
+        return Err(GeneratorError::Invalid(format!(
+            "the config's `{name}` dataset has no qa table to make pairs from"
+        )));
+    }
+    let mut qa = data.qa.clone();
+    if let Some(n) = limit {
+        qa.truncate(n);
+    }
+    if let Some(a) = &config.pairs.adapter {
+        crate::setup::attach_for_generation(&mut s.lm, a, device)?;
+    }
+    let builder = PromptBuilder::new(&config.prompt, &s.lm.tokenizer)?;
+    let ranking = Ranking::for_qa(s.retriever.as_ref(), &qa, config.contexts.k)?;
+    let progress = ragtune_trainer::Progress::items(qa.len() as u64, "questions");
+    let made = make_pairs(
+        &s.lm,
+        &qa,
+        &ranking,
+        &builder,
+        &config.contexts,
+        &config.pairs,
+        context,
+        |n| progress.inc(n as u64),
+    )?;
+    progress.finish_and_clear();
+    std::fs::create_dir_all(out).map_err(|e| GeneratorError::io(out, e))?;
+    let file = ragtune_data::dataset::table_path::<Preference>(out);
+    ragtune_data::write_table(&file, &made.pairs)?;
+    Ok(made)
 }

@@ -1,16 +1,20 @@
 //! Supervised fine-tuning: (question + passages) -> answer, loss on the answer tokens only.
+//! [`run`] is the whole recipe; the rest are its parts, which rag-joint reuses.
 
 use crate::config::GeneratorConfig;
-use crate::contexts::{raft, LexicalIndex};
+use crate::contexts::{raft, Ranking};
+use crate::evaluate::{evaluate, EvalReport};
 use crate::loss::completion_loss;
 use crate::packing::{best_fit_decreasing, collate_packed, PackedBatch};
 use crate::prompt::PromptBuilder;
+use crate::setup;
 use crate::{GeneratorError, Result};
 use ragtune_data::QaExample;
 use ragtune_models::llama::Llama;
 use ragtune_models::llama_load::CausalLm;
 use ragtune_models::peft::{self, Peft};
-use ragtune_trainer::{Metrics, RunSummary, Trainer};
+use ragtune_trainer::{Metrics, Progress, RunSummary, Trainer};
+use std::path::PathBuf;
 use tch::{Device, Tensor};
 
 /// Rows of the LM head's input per chunk of the cross-entropy.
@@ -24,10 +28,11 @@ pub struct SftExample {
     pub prompt_len: usize,
 }
 
-/// Tokenized training examples with RAFT-mixed contexts (one draw per example, seeded).
+/// Tokenized training examples with RAFT-mixed contexts (one draw per example, seeded);
+/// `ranking` holds the passages of `qa`, row for row.
 pub fn build_examples(
     qa: &[QaExample],
-    index: &LexicalIndex,
+    ranking: &Ranking,
     builder: &PromptBuilder,
     config: &GeneratorConfig,
 ) -> Result<Vec<SftExample>> {
@@ -40,7 +45,7 @@ pub fn build_examples(
                     ex.id
                 ))
             })?;
-            let passages = raft(index, ex, &config.contexts, i as u64);
+            let passages = raft(ranking, i, ex, &config.contexts, i as u64);
             let enc = builder.encode(&ex.question, &passages, Some(answer))?;
             let prompt_len = enc.prompt.len();
             let mut input_ids = enc.prompt;
@@ -269,4 +274,140 @@ pub fn train(
     }
     lm.model.set_gradient_checkpointing(false);
     Ok(trainer.finish()?)
+}
+
+/// What [`run`] did: the examples, the training and the test scores.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SftReport {
+    pub run_dir: PathBuf,
+    /// The retriever the contexts came from.
+    pub retriever: String,
+    pub train_examples: usize,
+    /// Tokens of the training examples (prompt and answer, no padding).
+    pub train_tokens: usize,
+    pub steps: u64,
+    pub train_seconds: f64,
+    /// Training tokens per second over the whole run (epochs counted).
+    pub tokens_per_second: f64,
+    /// The saved adapter (PEFT) or Hugging Face folder (full fine-tuning).
+    pub output: PathBuf,
+    pub trainable_values: Option<i64>,
+    /// The untuned model on the test split (with `eval.base`), then the tuned one.
+    pub base: Option<EvalReport>,
+    pub tuned: Option<EvalReport>,
+}
+
+/// The SFT recipe, top to bottom: load the model, data and retriever; build RAFT-mixed examples
+/// from the retriever's top-k; (score the base model;) train; save the adapter or the full model;
+/// score the tuned model on the test split; write `report.json` in the run folder.
+pub fn run(config: &GeneratorConfig, device: Device) -> Result<SftReport> {
+    // 1. Model, splits, retriever.
+    let mut s = setup::load(config, device)?;
+    let test_ranking = if s.test.qa.is_empty() {
+        None
+    } else {
+        Some(Ranking::for_qa(
+            s.retriever.as_ref(),
+            &s.test.qa,
+            config.contexts.k,
+        )?)
+    };
+    let score = |lm: &CausalLm, label: &str| -> Result<Option<EvalReport>> {
+        let Some(ranking) = &test_ranking else {
+            return Ok(None);
+        };
+        let n = config
+            .eval
+            .limit
+            .unwrap_or(s.test.qa.len())
+            .min(s.test.qa.len());
+        let progress = Progress::items(n as u64, &format!("questions ({label})"));
+        let builder = PromptBuilder::new(&config.prompt, &lm.tokenizer)?;
+        let report = evaluate(
+            lm,
+            &s.test.qa,
+            ranking,
+            &builder,
+            config.contexts.k,
+            &config.eval,
+            |k| progress.inc(k as u64),
+        )?;
+        progress.finish_and_clear();
+        Ok(Some(report))
+    };
+
+    // 2. The untuned model, when asked for.
+    let base = if config.eval.base {
+        score(&s.lm, "base")?
+    } else {
+        None
+    };
+
+    // 3. Examples: question + RAFT-mixed passages -> answer.
+    let mut qa = s.train.qa.clone();
+    if let Some(max) = config.max_train_examples {
+        qa.truncate(max);
+    }
+    let ranking = Ranking::for_qa(s.retriever.as_ref(), &qa, config.contexts.k)?;
+    let examples = {
+        let builder = PromptBuilder::new(&config.prompt, &s.lm.tokenizer)?;
+        build_examples(&qa, &ranking, &builder, config)?
+    };
+    let train_tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
+    println!(
+        "{} training examples, {train_tokens} tokens ({:.0} per example), passages from {}",
+        examples.len(),
+        train_tokens as f64 / examples.len().max(1) as f64,
+        s.retriever.describe()
+    );
+
+    // 4. Training.
+    let init = setup::init_text_ids(config, &s.lm)?;
+    let adapter = match &config.peft {
+        Some(c) => Some(Peft::new(c, &s.lm.model, device, init.as_deref())?),
+        None => None,
+    };
+    let trainable_values = adapter.as_ref().map(Peft::trainable_parameters);
+    let started = std::time::Instant::now();
+    let summary = train(
+        config,
+        &mut s.lm,
+        adapter.as_ref(),
+        &examples,
+        device,
+        |_| Ok(Default::default()),
+    )?;
+    let train_seconds = started.elapsed().as_secs_f64();
+
+    // 5. Save, score, report.
+    let run_dir = config.trainer.run_dir();
+    let output = match &adapter {
+        Some(a) => {
+            let dir = run_dir.join("adapter");
+            a.save(&dir)?;
+            dir
+        }
+        None => {
+            let dir = run_dir.join("model");
+            peft::save_hf_folder(&s.lm, &dir)?;
+            dir
+        }
+    };
+    let tuned = score(&s.lm, "tuned")?;
+    let report = SftReport {
+        run_dir: run_dir.clone(),
+        retriever: s.retriever.describe(),
+        train_examples: examples.len(),
+        train_tokens,
+        steps: summary.steps,
+        train_seconds,
+        tokens_per_second: train_tokens as f64 * config.trainer.epochs / train_seconds.max(1e-9),
+        output,
+        trainable_values,
+        base,
+        tuned,
+    };
+    let json = serde_json::to_string_pretty(&report).expect("the report serializes");
+    ragtune_models::checkpoint::atomic_write(&run_dir.join("report.json"), json.as_bytes())?;
+    Ok(report)
 }

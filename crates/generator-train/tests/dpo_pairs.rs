@@ -5,13 +5,14 @@
 mod common;
 
 use ragtune_data::{Doc, QaExample};
-use ragtune_generator_train::contexts::{raft, retrieved, ContextConfig, LexicalIndex};
+use ragtune_generator_train::contexts::{raft, retrieved, ContextConfig, Ranking};
 use ragtune_generator_train::dpo::build_pairs;
 use ragtune_generator_train::make_pairs::{
     join_context, make_pairs, PairContext, PairsSettings, RejectedSource,
 };
 use ragtune_generator_train::prompt::{PromptBuilder, PromptConfig};
 use ragtune_models::llama_load::CausalLm;
+use ragtune_retrieval::{Corpus, Retriever, TfIdfRetriever};
 
 fn tiny_lm() -> CausalLm {
     common::tiny_causal_lm(common::tiny_config(49152, 16, 1))
@@ -63,7 +64,8 @@ fn data() -> (Vec<Doc>, Vec<QaExample>) {
 fn pairs_hold_gold_against_the_models_own_answer_with_train_time_passages() {
     let lm = tiny_lm();
     let (docs, qa) = data();
-    let index = LexicalIndex::new(&docs);
+    let index = TfIdfRetriever::new(Corpus::new(docs));
+    let ranking = Ranking::for_qa(&index, &qa, 2).unwrap();
     let prompt = PromptConfig::default();
     let builder = PromptBuilder::new(&prompt, &lm.tokenizer).unwrap();
     let contexts = ContextConfig {
@@ -83,7 +85,7 @@ fn pairs_hold_gold_against_the_models_own_answer_with_train_time_passages() {
             let made = make_pairs(
                 &lm,
                 &qa,
-                &index,
+                &ranking,
                 &builder,
                 &contexts,
                 &settings,
@@ -100,8 +102,8 @@ fn pairs_hold_gold_against_the_models_own_answer_with_train_time_passages() {
                 assert_eq!(p.prompt, qa[i].question);
                 assert_ne!(p.rejected, p.chosen);
                 let shown = match mode {
-                    PairContext::Raft => raft(&index, &qa[i], &contexts, i as u64),
-                    PairContext::Retrieved => retrieved(&index, &qa[i], contexts.k),
+                    PairContext::Raft => raft(&ranking, i, &qa[i], &contexts, i as u64),
+                    PairContext::Retrieved => retrieved(&ranking, i, &qa[i], contexts.k),
                 };
                 assert_eq!(p.context.as_deref(), Some(join_context(&shown).as_str()));
             }
@@ -112,9 +114,11 @@ fn pairs_hold_gold_against_the_models_own_answer_with_train_time_passages() {
                 RejectedSource::ClosedBook => vec![],
                 RejectedSource::WrongPassage => {
                     let wrong: Vec<String> = index
-                        .search(&qa[i].question, 2)
+                        .search(&[qa[i].question.as_str()], 2)
+                        .unwrap()
+                        .remove(0)
                         .into_iter()
-                        .map(|d| index.doc(d))
+                        .map(|h| index.corpus().doc(h.index))
                         .filter(|d| !qa[i].gold_doc_ids.contains(&d.doc_id))
                         .map(|d| d.text.clone())
                         .take(1)

@@ -225,8 +225,12 @@ impl Default for CheckpointConfig {
 
 impl TrainerConfig {
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
-        let config: TrainerConfig =
-            toml::from_str(text).map_err(|e| TrainerError::format(origin, e.to_string()))?;
+        let config: TrainerConfig = toml::from_str(text).map_err(|e| {
+            TrainerError::format(
+                origin,
+                crate::config_errors::with_suggestion(&e.to_string()),
+            )
+        })?;
         config.validate()?;
         Ok(config)
     }

@@ -18,6 +18,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod config;
+pub mod config_errors;
 pub mod early_stopping;
 pub mod error;
 pub mod metrics;

@@ -31,6 +31,30 @@ impl Progress {
         Progress { bar }
     }
 
+    /// A bar over `total` items of some other work (`what`: "questions (base)", "passages"), for
+    /// the evaluation and encoding passes around training.
+    pub fn items(total: u64, what: &str) -> Self {
+        let bar = ProgressBar::with_draw_target(
+            Some(total),
+            if std::io::stderr().is_terminal() {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{bar:30}} {{pos}}/{{len}} {what}  [{{elapsed_precise}} < {{eta_precise}}]"
+            ))
+            .expect("a valid template"),
+        );
+        Progress { bar }
+    }
+
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
     pub fn update(&self, step: u64, loss: f64, examples_per_s: f64) {
         self.bar.set_position(step);
         self.bar
@@ -48,5 +72,10 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish();
+    }
+
+    /// Ends the bar and removes it from the terminal.
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
     }
 }
