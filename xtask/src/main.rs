@@ -24,9 +24,19 @@ struct Cli {
 enum Task {
     /// Create .venv with torch 2.11.0 and the reference libraries, and fetch the assets (idempotent).
     Setup,
-    /// Run the main job on the bundled default: the FAQ, all-MiniLM-L6-v2 and SmolLM2.
+    /// Run the main job on the bundled default: the pipeline of configs/demo.toml (the FAQ,
+    /// all-MiniLM-L6-v2 and SmolLM2): tune the retriever, tune the generator on its passages,
+    /// evaluate the 2×2 and write runs/demo/report.html.
     Demo {
-        /// Extra arguments passed to `ragtune demo`.
+        /// Extra arguments passed to `ragtune pipeline` (`--set`, `--from`, `--only`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run an experiment's pipeline: `cargo xtask pipeline configs/<name>.toml [--from STAGE]
+    /// [--only STAGE] [--set section.key=value]...`.
+    Pipeline {
+        config: PathBuf,
+        /// Extra arguments passed to `ragtune pipeline`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -53,14 +63,8 @@ fn main() -> Result<()> {
     let root = workspace_root()?;
     match cli.command {
         Task::Setup => setup::run(&root).map(|_| ()),
-        Task::Demo { args } => {
-            setup::run(&root)?;
-            cargo(&root, &["build", "--release", "-p", "ragtune-cli"])?;
-            let bin = root.join("target/release/ragtune");
-            let mut cmd = Command::new(&bin);
-            cmd.arg("demo").args(&args).current_dir(&root);
-            run(&mut cmd, "ragtune demo")
-        }
+        Task::Demo { args } => pipeline(&root, Path::new("configs/demo.toml"), &args),
+        Task::Pipeline { config, args } => pipeline(&root, &config, &args),
         Task::Test { lint, args } => {
             setup::run(&root)?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
@@ -83,6 +87,23 @@ fn main() -> Result<()> {
             bench::run(&root, &python, which)
         }
     }
+}
+
+/// Set-up, a release build, then `ragtune pipeline` (xtask never links tch: it drives the binary).
+fn pipeline(root: &Path, config: &Path, args: &[String]) -> Result<()> {
+    setup::run(root)?;
+    cargo(root, &["build", "--release", "-p", "ragtune-cli"])?;
+    let bin = root.join("target/release/ragtune");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("pipeline")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .current_dir(root);
+    run(
+        &mut cmd,
+        &format!("ragtune pipeline --config {}", config.display()),
+    )
 }
 
 fn clippy(root: &Path) -> Result<()> {

@@ -22,12 +22,11 @@ static MALLOC_CONF: &[u8; 64] =
 
 mod convert;
 mod data;
-mod demo;
-
 mod embed;
 mod eval;
 mod generate;
 mod generator;
+mod pipeline;
 mod retriever;
 
 use anyhow::Result;
@@ -50,8 +49,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The main job on the bundled default: FAQ, all-MiniLM-L6-v2 retrieval, SmolLM2 answers.
-    Demo(demo::Args),
+    /// The main job on the bundled default: `pipeline` on configs/demo.toml (FAQ, all-MiniLM-L6-v2,
+    /// SmolLM2): tune the retriever, tune the generator on its passages, evaluate the 2×2, report.
+    Demo(pipeline::Args),
+    /// A whole experiment from one config, stage by stage: data, retriever, index, generator,
+    /// (pairs, DPO,) end-to-end eval and an HTML report; unchanged stages are skipped.
+    Pipeline(pipeline::Args),
     /// Show which device ragtune would use and what libtorch sees.
     Device,
     /// Metrics: retrieval runs against qrels, generated answers against references, labels.
@@ -91,7 +94,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let device = ragtune_models::device::parse_device(&cli.device)?;
     match cli.command {
-        Command::Demo(args) => demo::run(args, device),
+        Command::Demo(args) | Command::Pipeline(args) => pipeline::run(args, device),
         Command::Embed(args) => embed::run(args, device),
         Command::Convert(args) => convert::run(args),
         Command::Generate(args) => generate::run(args, device),
