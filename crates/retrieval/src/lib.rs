@@ -40,19 +40,14 @@ pub trait Retriever {
 }
 
 /// Which retriever to build, as a config's `[retrieval]` table spells it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RetrievalConfig {
     /// A sentence-transformers model, exact or HNSW search, cached corpus embeddings.
     Dense(DenseConfig),
     /// TF-IDF over titles and texts: no model, the lexical baseline.
+    #[default]
     Tfidf,
-}
-
-impl Default for RetrievalConfig {
-    fn default() -> Self {
-        RetrievalConfig::Tfidf
-    }
 }
 
 impl RetrievalConfig {
