@@ -15,9 +15,19 @@ fn estimate(c: &Compared) -> Cell {
     Cell::number(c.mean, 4)
 }
 
+/// How a metric is headed in tables and charts.
+fn title(metric: &str) -> &str {
+    match metric {
+        "exact_match" => "EM",
+        "f1" => "F1",
+        "rouge_l" => "ROUGE-L",
+        other => other,
+    }
+}
+
 fn difference(c: &Compared) -> Cell {
     match (c.difference, c.ci_low, c.ci_high) {
-        (Some(d), Some(lo), Some(hi)) => Cell::estimate(d, lo, hi, 4),
+        (Some(d), Some(lo), Some(hi)) => Cell::estimate(d, lo, hi, 3),
         _ => Cell::text("baseline"),
     }
 }
@@ -113,34 +123,34 @@ pub fn build(
                  bootstrap intervals over questions ({} resamples).",
                 results.cells[0].questions, results.k, results.resamples
             ))];
-            let cell_label = |c: &crate::end_to_end::Cell| {
-                vec![Cell::text(&c.retriever), Cell::text(&c.generator)]
-            };
             let mut header = vec!["retriever".to_string(), "generator".to_string()];
-            header.extend(ANSWER_METRICS.iter().map(|m| m.to_string()));
+            header.extend(ANSWER_METRICS.iter().map(|m| title(m).to_string()));
             blocks.push(Block::Table(Table {
                 caption: Some("Answers on the test split (means over questions)".into()),
-                header: header.clone(),
-                rows: results
-                    .cells
-                    .iter()
-                    .map(|c| {
-                        let mut row = cell_label(c);
-                        row.extend(ANSWER_METRICS.iter().map(|m| estimate(&c.metrics[*m])));
-                        row
-                    })
-                    .collect(),
-            }));
-            blocks.push(Block::Table(Table {
-                caption: Some(format!(
-                    "Difference from zero-shot RAG [{level} paired bootstrap CI]"
-                )),
                 header,
                 rows: results
                     .cells
                     .iter()
                     .map(|c| {
-                        let mut row = cell_label(c);
+                        let mut row = vec![Cell::text(&c.retriever), Cell::text(&c.generator)];
+                        row.extend(ANSWER_METRICS.iter().map(|m| estimate(&c.metrics[*m])));
+                        row
+                    })
+                    .collect(),
+            }));
+            let mut short_header = vec!["retriever / generator".to_string()];
+            short_header.extend(ANSWER_METRICS.iter().map(|m| format!("Δ {}", title(m))));
+            blocks.push(Block::Table(Table {
+                caption: Some(format!(
+                    "Difference from zero-shot RAG [{level} paired bootstrap CI]"
+                )),
+                header: short_header,
+                rows: results
+                    .cells
+                    .iter()
+                    .map(|c| {
+                        let mut row =
+                            vec![Cell::text(format!("{} / {}", c.retriever, c.generator))];
                         row.extend(ANSWER_METRICS.iter().map(|m| difference(&c.metrics[*m])));
                         row
                     })
@@ -150,9 +160,10 @@ pub fn build(
                 blocks.push(Block::IntervalChart(IntervalChart {
                     id: format!("cells-{m}"),
                     title: format!(
-                        "{m}: difference from zero-shot RAG ({level} CI; R retriever, G generator)"
+                        "{}: difference from zero-shot RAG ({level} CI; R retriever, G generator)",
+                        title(m)
                     ),
-                    y_label: format!("Δ {m}"),
+                    y_label: format!("Δ {}", title(m)),
                     items: results
                         .cells
                         .iter()
@@ -160,10 +171,7 @@ pub fn build(
                         .filter_map(|c| {
                             let x = &c.metrics[m];
                             Some(Interval {
-                                label: format!(
-                                    "{} retriever + {} generator",
-                                    c.retriever, c.generator
-                                ),
+                                label: format!("{} R / {} G", c.retriever, c.generator),
                                 value: x.difference?,
                                 low: x.ci_low?,
                                 high: x.ci_high?,
