@@ -31,12 +31,7 @@ pub fn run(args: Args, device: Device) -> Result<()> {
     println!(
         "pipeline `{}` on {device:?}: {}",
         config.name,
-        config
-            .stages()
-            .iter()
-            .map(|s| s.name())
-            .collect::<Vec<_>>()
-            .join(" → ")
+        config.stage_names()
     );
     let selection = Selection {
         from: args.from,

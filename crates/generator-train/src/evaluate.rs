@@ -152,23 +152,35 @@ pub fn run(
             "the config has no `test` dataset with a qa table to evaluate on".into(),
         ));
     }
-    let builder = PromptBuilder::new(&config.prompt, &s.lm.tokenizer)?;
     let ranking = Ranking::for_qa(s.retriever.as_ref(), &s.test.qa, config.contexts.k)?;
-    let n = config
-        .eval
-        .limit
-        .unwrap_or(s.test.qa.len())
-        .min(s.test.qa.len());
-    let progress = ragtune_trainer::Progress::items(n as u64, "questions");
-    let report = evaluate(
+    let report = evaluate_with_progress(
         &s.lm,
         &s.test.qa,
         &ranking,
-        &builder,
+        &config.prompt,
         config.contexts.k,
         &config.eval,
-        |k| progress.inc(k as u64),
+        "questions",
     )?;
+    Ok(report)
+}
+
+/// [`evaluate`] under a progress bar labelled `what` (the prompt builder made from `prompt`).
+pub fn evaluate_with_progress(
+    lm: &CausalLm,
+    qa: &[QaExample],
+    ranking: &Ranking,
+    prompt: &crate::prompt::PromptConfig,
+    k: usize,
+    settings: &EvalSettings,
+    what: &str,
+) -> Result<EvalReport> {
+    let n = settings.limit.unwrap_or(qa.len()).min(qa.len());
+    let progress = ragtune_trainer::Progress::items(n as u64, what);
+    let builder = PromptBuilder::new(prompt, &lm.tokenizer)?;
+    let report = evaluate(lm, qa, ranking, &builder, k, settings, |done| {
+        progress.inc(done as u64)
+    })?;
     progress.finish_and_clear();
     Ok(report)
 }

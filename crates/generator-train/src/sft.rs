@@ -3,7 +3,7 @@
 
 use crate::config::GeneratorConfig;
 use crate::contexts::{raft, Ranking};
-use crate::evaluate::{evaluate, EvalReport};
+use crate::evaluate::{evaluate_with_progress, EvalReport};
 use crate::loss::completion_loss;
 use crate::packing::{best_fit_decreasing, collate_packed, PackedBatch};
 use crate::prompt::PromptBuilder;
@@ -13,7 +13,7 @@ use ragtune_data::QaExample;
 use ragtune_models::llama::Llama;
 use ragtune_models::llama_load::CausalLm;
 use ragtune_models::peft::{self, Peft};
-use ragtune_trainer::{Metrics, Progress, RunSummary, Trainer};
+use ragtune_trainer::{Metrics, RunSummary, Trainer};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
@@ -316,23 +316,15 @@ pub fn run(config: &GeneratorConfig, device: Device) -> Result<SftReport> {
         let Some(ranking) = &test_ranking else {
             return Ok(None);
         };
-        let n = config
-            .eval
-            .limit
-            .unwrap_or(s.test.qa.len())
-            .min(s.test.qa.len());
-        let progress = Progress::items(n as u64, &format!("questions ({label})"));
-        let builder = PromptBuilder::new(&config.prompt, &lm.tokenizer)?;
-        let report = evaluate(
+        let report = evaluate_with_progress(
             lm,
             &s.test.qa,
             ranking,
-            &builder,
+            &config.prompt,
             config.contexts.k,
             &config.eval,
-            |k| progress.inc(k as u64),
+            &format!("questions ({label})"),
         )?;
-        progress.finish_and_clear();
         Ok(Some(report))
     };
 

@@ -299,6 +299,12 @@ impl PipelineConfig {
         stages
     }
 
+    /// The stages in run order, as `data → retriever → …`, for logs and the report.
+    pub fn stage_names(&self) -> String {
+        let names: Vec<&str> = self.stages().iter().map(|s| s.name()).collect();
+        names.join(" → ")
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.runs_dir.join(&self.name)
     }

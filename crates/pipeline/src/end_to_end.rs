@@ -10,8 +10,7 @@ use crate::{PipelineError, Result};
 use ragtune_eval::retrieval::{evaluate as score_run, Measure, Qrels};
 use ragtune_eval::significance::paired_bootstrap;
 use ragtune_generator_train::contexts::Ranking;
-use ragtune_generator_train::evaluate::{evaluate, EvalReport};
-use ragtune_generator_train::prompt::PromptBuilder;
+use ragtune_generator_train::evaluate::{evaluate_with_progress, EvalReport};
 use ragtune_generator_train::setup::attach_for_generation;
 use ragtune_models::llama_load::load_causal_lm;
 use ragtune_retrieval::{Corpus, Retriever};
@@ -202,21 +201,20 @@ pub fn run(config: &PipelineConfig, device: Device) -> Result<Done> {
             {
                 attach_for_generation(&mut lm, path, device)?;
             }
-            let builder = PromptBuilder::new(&g.prompt, &lm.tokenizer)?;
             for (retriever_label, retriever) in &retrievers {
                 let cell_started = std::time::Instant::now();
                 let ranking = Ranking::for_qa(retriever.as_ref(), &test.qa, k)?;
-                let n = settings.limit.unwrap_or(test.qa.len()).min(test.qa.len());
-                let progress = ragtune_trainer::Progress::items(
-                    n as u64,
+                let report = evaluate_with_progress(
+                    &lm,
+                    &test.qa,
+                    &ranking,
+                    &g.prompt,
+                    k,
+                    &settings,
                     &format!(
                         "questions ({retriever_label} retriever, {generator_label} generator)"
                     ),
-                );
-                let report = evaluate(&lm, &test.qa, &ranking, &builder, k, &settings, |n| {
-                    progress.inc(n as u64)
-                })?;
-                progress.finish_and_clear();
+                )?;
                 answered += report.examples;
                 reports.push((
                     retriever_label.to_string(),

@@ -329,12 +329,7 @@ pub fn build(
         subtitle: format!(
             "data {} · stages {}",
             config.data.source.display(),
-            config
-                .stages()
-                .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(" → ")
+            config.stage_names()
         ),
         sections,
     })
