@@ -58,10 +58,11 @@ pub struct DenseRetriever {
     query: SentenceEncoder,
     /// Separate passage tower, for exports of two-tower models.
     passage: Option<SentenceEncoder>,
+    /// The folder the passage tower was loaded from (the model folder itself when shared).
+    passage_dir: PathBuf,
     corpus: Corpus,
     index: DenseIndex,
-    search: SearchKind,
-    model: PathBuf,
+    config: DenseConfig,
     cache: CacheStatus,
 }
 
@@ -186,19 +187,47 @@ impl DenseRetriever {
                 (embeddings, status)
             }
         };
-        let index = match config.search {
-            SearchKind::Exact => DenseIndex::exact(&embeddings, config.similarity)?,
-            SearchKind::Hnsw => DenseIndex::hnsw(&embeddings, config.similarity, config.hnsw)?,
-        };
+        let index = build_index(&embeddings, config)?;
         Ok(Self {
             query,
             passage,
+            passage_dir: passage_dir.unwrap_or(query_dir),
             corpus,
             index,
-            search: config.search,
-            model: config.model.clone(),
+            config: config.clone(),
             cache,
         })
+    }
+
+    /// Encodes the corpus again with the passage tower as it is now and rebuilds the index: for
+    /// training that changes the passage tower (the cache, keyed by the folder on disk, is left
+    /// alone).
+    pub fn refresh(&mut self) -> Result<()> {
+        let texts: Vec<String> = self.corpus.docs().iter().map(passage_text).collect();
+        let embeddings = tch::no_grad(|| self.passage_tower().encode(&texts))?;
+        self.index = build_index(&embeddings.to_device(Device::Cpu), &self.config)?;
+        self.cache = CacheStatus::Off;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &DenseConfig {
+        &self.config
+    }
+
+    /// The folder of the passage tower: the model folder itself, or its `passage/` subfolder.
+    pub fn passage_dir(&self) -> &Path {
+        &self.passage_dir
+    }
+
+    /// Whether queries and passages go through one tower.
+    pub fn shared_towers(&self) -> bool {
+        self.passage.is_none()
+    }
+
+    /// The query tower; its variables are trainable, and [`Retriever::search`] encodes with them
+    /// as they are, so a recipe may tune the tower in place (rag-joint does).
+    pub fn query_tower(&self) -> &SentenceEncoder {
+        &self.query
     }
 
     pub fn cache_status(&self) -> &CacheStatus {
@@ -220,13 +249,20 @@ impl DenseRetriever {
     }
 }
 
+fn build_index(embeddings: &Tensor, config: &DenseConfig) -> Result<DenseIndex> {
+    match config.search {
+        SearchKind::Exact => DenseIndex::exact(embeddings, config.similarity),
+        SearchKind::Hnsw => DenseIndex::hnsw(embeddings, config.similarity, config.hnsw),
+    }
+}
+
 impl Retriever for DenseRetriever {
     fn describe(&self) -> String {
-        let search = match self.search {
+        let search = match self.config.search {
             SearchKind::Exact => "exact",
             SearchKind::Hnsw => "hnsw",
         };
-        format!("dense {} ({search})", self.model.display())
+        format!("dense {} ({search})", self.config.model.display())
     }
 
     fn corpus(&self) -> &Corpus {
@@ -238,6 +274,6 @@ impl Retriever for DenseRetriever {
             return Ok(Vec::new());
         }
         let embeddings = self.encode_queries(queries)?;
-        self.index.search(&embeddings, k, self.search)
+        self.index.search(&embeddings, k, self.config.search)
     }
 }

@@ -158,6 +158,12 @@ impl DenseIndex {
         self.similarity
     }
 
+    /// The passage vectors searched, `[passages, dim]` float32 on the CPU (unit length under
+    /// cosine similarity).
+    pub fn embeddings(&self) -> &Tensor {
+        &self.embeddings
+    }
+
     /// The top `k` passages of each query (`[queries, dim]`), best first, by `kind` of search.
     pub fn search(&self, queries: &Tensor, k: usize, kind: SearchKind) -> Result<Vec<Vec<Hit>>> {
         match kind {

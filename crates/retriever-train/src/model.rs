@@ -126,7 +126,7 @@ impl BiEncoder {
         let joint = passage.as_ref().map(|passage| {
             let joint = nn::VarStore::new(device);
             for (prefix, tower) in [("query", &query), ("passage", passage)] {
-                share_variables(&joint, prefix, tower.var_store());
+                ragtune_trainer::params::share_variables(&joint, prefix, tower.var_store());
             }
             joint
         });
@@ -208,21 +208,5 @@ impl Embedder for BiEncoder {
 
     fn similarity(&self) -> Similarity {
         self.similarity
-    }
-}
-
-/// Registers every variable of `from` in `into` under `prefix.` (same storage; trainable stays trainable).
-fn share_variables(into: &nn::VarStore, prefix: &str, from: &nn::VarStore) {
-    let mut named: Vec<(String, Tensor)> = from.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, tensor) in named {
-        // tch refuses dots in a variable name, so the dotted name becomes a path of sub-paths.
-        let mut parts = name.split('.').collect::<Vec<_>>();
-        let last = parts.pop().expect("a variable has a name");
-        let path = parts
-            .iter()
-            .fold(into.root() / prefix, |path, part| path / *part);
-        let trainable = tensor.requires_grad();
-        let _registered = path.add(last, tensor.shallow_clone(), trainable);
     }
 }

@@ -61,6 +61,32 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// Sets `section.key=value` (dotted, any depth) in a parsed TOML config, as `--set` does; the value
+/// is read as TOML (`3`, `1e-4`, `true`, `"text"`, `[1, 2]`) and taken as a string when it is not
+/// valid TOML. The error says what is wrong with the assignment.
+pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), String> {
+    let (path, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| format!("--set {assignment}: expected section.key=value"))?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let mut table = root
+        .as_table_mut()
+        .ok_or_else(|| "the config's top level is not a table".to_string())?;
+    for key in &keys[..keys.len() - 1] {
+        table = table
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| format!("--set {assignment}: `{key}` is not a table"))?;
+    }
+    table.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

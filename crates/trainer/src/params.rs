@@ -142,3 +142,21 @@ impl ParamPlan {
         out
     }
 }
+
+/// Registers every variable of `from` in `into` under `prefix.` (same storage; trainable stays
+/// trainable), so one trainer sees the variables of several models: two retriever towers, or a
+/// query tower and a generator's adapter.
+pub fn share_variables(into: &tch::nn::VarStore, prefix: &str, from: &tch::nn::VarStore) {
+    let mut named: Vec<(String, Tensor)> = from.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, tensor) in named {
+        // tch refuses dots in a variable name, so the dotted name becomes a path of sub-paths.
+        let mut parts = name.split('.').collect::<Vec<_>>();
+        let last = parts.pop().expect("a variable has a name");
+        let path = parts
+            .iter()
+            .fold(into.root() / prefix, |path, part| path / *part);
+        let trainable = tensor.requires_grad();
+        let _registered = path.add(last, tensor.shallow_clone(), trainable);
+    }
+}
