@@ -26,6 +26,7 @@ mod embed;
 mod eval;
 mod generate;
 mod generator;
+mod joint;
 mod pipeline;
 mod retriever;
 
@@ -71,6 +72,8 @@ enum Command {
     Generate(generate::Args),
     /// Generator fine-tuning: SFT (full or PEFT), evaluation, merging adapters.
     Generator(generator::Args),
+    /// Joint training, the generator teaching the retriever: `lsr`, `ra-dit` or `rag-sequence`.
+    Joint(joint::Args),
 }
 
 /// oneDNN (bf16 matmuls on the CPU) compiles and keeps a kernel per matrix shape, up to 1,024 in
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
         Command::Convert(args) => convert::run(args),
         Command::Generate(args) => generate::run(args, device),
         Command::Generator(args) => generator::run(args, device),
+        Command::Joint(args) => joint::run(args, device),
         Command::Data(args) => data::run(args),
         Command::Retriever(args) => retriever::run(args, device),
         Command::Eval(args) => eval::run(args),

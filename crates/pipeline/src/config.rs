@@ -24,7 +24,8 @@ pub enum Stage {
     /// Preference pairs from the SFT model's own answers.
     MakePairs,
     Dpo,
-    /// Joint retriever-generator training: a placeholder until rag-joint lands.
+    /// Joint retriever-generator training (rag-joint: LSR, RA-DIT or RAG-sequence), from the
+    /// tuned retriever and the SFT adapter.
     Joint,
     /// The end-to-end 2×2 on the test split.
     Eval,
@@ -180,8 +181,8 @@ pub struct PipelineConfig {
     pub name: String,
     #[serde(default = "default_runs_dir")]
     pub runs_dir: PathBuf,
-    /// The stages to run; by default every stage whose table is present, without make-pairs, dpo
-    /// and joint.
+    /// The stages to run; by default every stage whose table is present (joint with `[joint]`),
+    /// without make-pairs and dpo.
     #[serde(default)]
     pub stages: Option<Vec<Stage>>,
     #[serde(default)]
@@ -197,6 +198,10 @@ pub struct PipelineConfig {
     pub generator: Option<GeneratorConfig>,
     #[serde(default)]
     pub pairs: PairsConfig,
+    /// A joint recipe config (`configs/joint-*.toml`) without `generator`, `adapter`, `run_name`,
+    /// `runs_dir` and `[retriever.dense]`: it starts from the tuned retriever and the SFT adapter.
+    #[serde(default)]
+    pub joint: Option<ragtune_rag_joint::JointConfig>,
     #[serde(default)]
     pub eval: EvalConfig,
     #[serde(default)]
@@ -208,8 +213,12 @@ fn default_runs_dir() -> PathBuf {
 }
 
 /// Keys the pipeline fills in itself, and may not be set in the file.
-const FILLED_IN: [(&str, &str); 6] = [
+const FILLED_IN: [(&str, &str); 10] = [
     ("retriever", "data"),
+    ("joint", "generator"),
+    ("joint", "adapter"),
+    ("joint", "run_name"),
+    ("joint", "runs_dir"),
     ("generator", "train"),
     ("generator", "valid"),
     ("generator", "test"),
@@ -217,31 +226,9 @@ const FILLED_IN: [(&str, &str); 6] = [
     ("generator", "retrieval"),
 ];
 
-/// Sets `section.key=value` (dotted, any depth) in the parsed TOML; the value is read as TOML
-/// (`3`, `1e-4`, `true`, `"text"`, `[1, 2]`) and taken as a string when it is not valid TOML.
+/// Sets `section.key=value` in the parsed TOML (see [`ragtune_trainer::config_errors::apply_override`]).
 pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
-    let (path, raw) = assignment.split_once('=').ok_or_else(|| {
-        PipelineError::Config(format!("--set {assignment}: expected section.key=value"))
-    })?;
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let keys: Vec<&str> = path.trim().split('.').collect();
-    let mut table = root
-        .as_table_mut()
-        .ok_or_else(|| PipelineError::Config("the config's top level is not a table".into()))?;
-    for key in &keys[..keys.len() - 1] {
-        table = table
-            .entry(key.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .ok_or_else(|| {
-                PipelineError::Config(format!("--set {assignment}: `{key}` is not a table"))
-            })?;
-    }
-    table.insert(keys[keys.len() - 1].to_string(), value);
-    Ok(())
+    ragtune_trainer::config_errors::apply_override(root, assignment).map_err(PipelineError::Config)
 }
 
 impl PipelineConfig {
@@ -266,6 +253,18 @@ impl PipelineConfig {
                 )));
             }
         }
+        if value
+            .get("joint")
+            .and_then(|j| j.get("retriever"))
+            .and_then(|r| r.get("dense"))
+            .is_some()
+        {
+            return Err(in_file(
+                "`joint.retriever.dense` is filled in by the pipeline (the tuned retriever, \
+                 searched as [index] says); remove it"
+                    .into(),
+            ));
+        }
         for assignment in overrides {
             apply_override(&mut value, assignment)?;
         }
@@ -289,6 +288,9 @@ impl PipelineConfig {
                 }
                 if self.generator.is_some() {
                     s.push(Stage::GeneratorSft);
+                }
+                if self.joint.is_some() {
+                    s.push(Stage::Joint);
                 }
                 s.extend([Stage::Eval, Stage::Report]);
                 s
@@ -332,6 +334,24 @@ impl PipelineConfig {
         needs(Stage::Index, "retriever", self.retriever.is_some())?;
         for stage in [Stage::GeneratorSft, Stage::MakePairs, Stage::Dpo] {
             needs(stage, "generator", self.generator.is_some())?;
+        }
+        if stages.contains(&Stage::Joint) {
+            needs(Stage::Joint, "joint", self.joint.is_some())?;
+            needs(Stage::Joint, "generator", self.generator.is_some())?;
+            needs(Stage::Joint, "retriever", self.retriever.is_some())?;
+            let mut j = self.joint.clone().expect("checked above");
+            let mut g = self.generator.clone().expect("checked above");
+            // Placeholders for what the pipeline fills in, so the rest is checked now.
+            g.train = PathBuf::from("train");
+            g.valid = Some(PathBuf::from("val"));
+            j.generator = Some(g);
+            if stages.contains(&Stage::GeneratorSft)
+                && self.generator.as_ref().is_some_and(|g| g.peft.is_some())
+            {
+                j.adapter = Some(PathBuf::from("adapter"));
+            }
+            j.validate()
+                .map_err(|e| PipelineError::Config(format!("[joint]: {e}")))?;
         }
         if stages.contains(&Stage::Dpo) && !stages.contains(&Stage::MakePairs) {
             return invalid(

@@ -1,5 +1,6 @@
 //! The eval stage: on the test split, every retriever (zero-shot, tuned) against every generator
-//! (base, tuned), with the same questions, prompts and k in every cell. Retrieval is scored
+//! (base, tuned), with the same questions, prompts and k in every cell; with a joint stage, its
+//! retriever with the tuned generator and with its own generator. Retrieval is scored
 //! against the qrels, answers against the gold answers, and each cell is compared with zero-shot
 //! RAG (the first retriever with the first generator) by a paired bootstrap over questions.
 
@@ -130,7 +131,11 @@ pub fn run(config: &PipelineConfig, device: Device) -> Result<Done> {
 
     // 1. Retrieval, per retriever; the retrievers stay loaded for the answers.
     let mut retrievers: Vec<(&str, Box<dyn Retriever>)> = Vec::new();
-    for (label, retrieval) in stages::retrieval_configs(config) {
+    let mut configs = stages::retrieval_configs(config);
+    if let Some(joint) = stages::joint_retrieval(config) {
+        configs.push(("joint", joint));
+    }
+    for (label, retrieval) in configs {
         retrievers.push((
             label,
             retrieval.build(Corpus::new(test.corpus.clone()), device)?,
@@ -187,6 +192,10 @@ pub fn run(config: &PipelineConfig, device: Device) -> Result<Done> {
         if let Some(t) = &tuned {
             generators.push(("tuned", Some(t.clone())));
         }
+        if let Some(j) = stages::joint_adapter(config) {
+            generators.push(("joint", Some(j)));
+        }
+        let last_stage_by_stage = if tuned.is_some() { "tuned" } else { "base" };
         let mut reports: Vec<(String, String, EvalReport, f64)> = Vec::new();
         for (generator_label, adapter) in &generators {
             let mut lm = match adapter {
@@ -202,6 +211,16 @@ pub fn run(config: &PipelineConfig, device: Device) -> Result<Done> {
                 attach_for_generation(&mut lm, path, device)?;
             }
             for (retriever_label, retriever) in &retrievers {
+                // The joint retriever is paired with the stage-by-stage generator and the joint
+                // one; the joint generator only with the joint retriever.
+                let wanted = match (*retriever_label, *generator_label) {
+                    (_, "joint") => *retriever_label == "joint",
+                    ("joint", g) => g == last_stage_by_stage,
+                    _ => true,
+                };
+                if !wanted {
+                    continue;
+                }
                 let cell_started = std::time::Instant::now();
                 let ranking = Ranking::for_qa(retriever.as_ref(), &test.qa, k)?;
                 let report = evaluate_with_progress(

@@ -33,6 +33,8 @@ pub enum PipelineError {
     #[error(transparent)]
     Report(#[from] ragtune_report::ReportError),
     #[error(transparent)]
+    Joint(#[from] ragtune_rag_joint::JointError),
+    #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
 

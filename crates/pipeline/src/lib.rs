@@ -130,10 +130,14 @@ fn fingerprint(
                 .path("generator model", &g.model)?;
             (upstream(f, &earlier)?, c)
         }
-        Stage::Joint => (
-            Fingerprint::default().value("config", &"placeholder"),
-            serde_json::Value::Null,
-        ),
+        Stage::Joint => {
+            let j = stages::joint_config(config).expect("validated");
+            let c = serde_json::to_value(&j).expect("serializes");
+            let f = Fingerprint::default()
+                .value("config", &c)
+                .path("generator model", &j.generator()?.model)?;
+            (upstream(f, &earlier)?, c)
+        }
         Stage::Eval => {
             let c = serde_json::json!({"eval": config.eval, "generator": config.generator});
             (
@@ -257,7 +261,7 @@ pub fn run(
             Stage::GeneratorSft => stages::generator_sft(config, device),
             Stage::MakePairs => stages::make_pairs(config, device),
             Stage::Dpo => stages::dpo(config, device),
-            Stage::Joint => stages::joint(),
+            Stage::Joint => stages::joint(config, device),
             Stage::Eval => end_to_end::run(config, device),
             Stage::Report => report_stage(config, &present, &mut browser_check),
         }

@@ -276,6 +276,18 @@ pub fn build(
         }
     }
 
+    // Joint training: its trajectory and steps.
+    let joint: Option<ragtune_rag_joint::JointReport> = records
+        .iter()
+        .find(|(s, _)| *s == Stage::Joint)
+        .and_then(|(_, r)| serde_json::from_value(r.outputs.clone()).ok());
+    if let Some(joint) = &joint {
+        for mut section in ragtune_rag_joint::report::sections(joint) {
+            section.heading = format!("Joint ({}): {}", joint.method.name(), section.heading);
+            sections.push(section);
+        }
+    }
+
     // Training curves.
     let mut blocks = Vec::new();
     for (stage, _) in records {

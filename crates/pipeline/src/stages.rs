@@ -8,6 +8,7 @@ use ragtune_data::split::{split_dataset, SplitConfig};
 use ragtune_data::Dataset;
 use ragtune_generator_train::config::GeneratorConfig;
 use ragtune_generator_train::make_pairs::PairSplit;
+use ragtune_rag_joint::JointConfig;
 use ragtune_retrieval::{Corpus, DenseConfig, DenseRetriever, RetrievalConfig, Similarity};
 use ragtune_retriever_train::model::Architecture;
 use ragtune_retriever_train::train::RetrieverConfig;
@@ -202,6 +203,16 @@ pub fn retrieval_configs(config: &PipelineConfig) -> Vec<(&'static str, Retrieva
     }
 }
 
+/// The joint stage's tuned retriever, for the eval stage, when the joint stage runs.
+pub fn joint_retrieval(config: &PipelineConfig) -> Option<RetrievalConfig> {
+    config.stages().contains(&Stage::Joint).then(|| {
+        RetrievalConfig::Dense(dense_config(
+            config,
+            &config.stage_dir(Stage::Joint).join("model"),
+        ))
+    })
+}
+
 pub fn index(config: &PipelineConfig, device: Device) -> Result<Done> {
     let [_, _, test] = read_splits(config)?;
     let mut outputs = serde_json::Map::new();
@@ -346,9 +357,60 @@ pub fn tuned_generator(config: &PipelineConfig) -> Option<PathBuf> {
     }
 }
 
-pub fn joint() -> Result<Done> {
+/// The joint recipe's config as the pipeline runs it: from the tuned retriever (searched as
+/// `[index]` says, its corpus embeddings from the index stage's cache) and the SFT adapter, on
+/// the data stage's splits. The test comparison is the eval stage's, so the recipe skips its own.
+pub fn joint_config(config: &PipelineConfig) -> Option<JointConfig> {
+    let mut j = config.joint.clone()?;
+    let mut g = generator_config(config, Stage::Joint)?;
+    g.test = None;
+    j.generator = Some(g);
+    // It starts from the stage-by-stage generator: DPO's or SFT's adapter, or SFT's full model.
+    match tuned_generator(config) {
+        Some(dir) if dir.join("config.json").is_file() || g_is_full(config) => {
+            if let Some(g) = j.generator.as_mut() {
+                g.model = dir;
+            }
+            j.adapter = None;
+        }
+        tuned => j.adapter = tuned,
+    }
+    j.retriever.dense = dense_config(config, &tuned_model(config));
+    j.runs_dir = config.run_dir();
+    j.run_name = Stage::Joint.name().into();
+    // Outside the stage's folder, so a rerun with another seed or method keeps the LM's scores.
+    if j.lsr.cache.is_none() {
+        j.lsr.cache = Some(config.run_dir().join("joint-lm-scores.parquet"));
+    }
+    j.eval.test = false;
+    Some(j)
+}
+
+/// Whether the generator stages fine-tune every weight (no `[generator.peft]`).
+fn g_is_full(config: &PipelineConfig) -> bool {
+    config.generator.as_ref().is_some_and(|g| g.peft.is_none())
+}
+
+/// The adapter the joint stage trained, when its method tunes the generator.
+pub fn joint_adapter(config: &PipelineConfig) -> Option<PathBuf> {
+    let j = config.joint.as_ref()?;
+    (config.stages().contains(&Stage::Joint) && j.trains_generator())
+        .then(|| config.stage_dir(Stage::Joint).join("adapter"))
+}
+
+pub fn joint(config: &PipelineConfig, device: Device) -> Result<Done> {
+    let j = joint_config(config).expect("validated: [joint] is set");
+    let report = ragtune_rag_joint::run(&j, device)?;
+    let scored: (usize, f64) = report
+        .steps
+        .iter()
+        .filter_map(|s| s.scoring.as_ref())
+        .fold((0, 0.0), |(t, s), st| (t + st.tokens, s + st.seconds));
     Ok(Done {
-        outputs: json!({"note": "joint retriever-generator training arrives with rag-joint; this stage is a placeholder and trains nothing"}),
-        throughput: None,
+        outputs: serde_json::to_value(&report).expect("the joint report serializes"),
+        throughput: (scored.0 > 0).then(|| Throughput {
+            value: scored.0 as f64 / scored.1.max(1e-9),
+            unit: "LM-scored tokens/s".into(),
+        }),
     })
 }
