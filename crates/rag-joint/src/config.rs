@@ -158,6 +158,9 @@ pub struct RagSequenceConfig {
     pub train_generator: bool,
     /// Generator forwards kept in memory at once while gradients are accumulated over passages.
     pub generator_chunk: usize,
+    /// The adapter's learning rate (the query tower's is `retriever.trainer.optimizer.lr`): one
+    /// optimizer holds both, the adapter's variables as a group of their own.
+    pub generator_lr: f64,
 }
 
 impl Default for RagSequenceConfig {
@@ -166,6 +169,7 @@ impl Default for RagSequenceConfig {
             k: 4,
             train_generator: true,
             generator_chunk: 4,
+            generator_lr: 1e-3,
         }
     }
 }
@@ -320,6 +324,12 @@ impl JointConfig {
             if !(t > 0.0 && t.is_finite()) {
                 return invalid(format!("{name} must be positive, got {t}"));
             }
+        }
+        if !(self.rag_sequence.generator_lr > 0.0) {
+            return invalid(format!(
+                "rag_sequence.generator_lr must be positive, got {}",
+                self.rag_sequence.generator_lr
+            ));
         }
         if self.lsr.score_batch_size == 0 || self.rag_sequence.generator_chunk == 0 {
             return invalid(

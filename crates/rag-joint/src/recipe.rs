@@ -648,7 +648,13 @@ fn rag_sequence_step(run: &mut Run, evaluator: &Evaluator, round: usize) -> Resu
         return Ok(record);
     }
     let started = std::time::Instant::now();
-    let trainer_config = step_trainer(&config.retriever.trainer, &dir);
+    let mut trainer_config = step_trainer(&config.retriever.trainer, &dir);
+    if trains {
+        // The adapter's variables (under `generator.`) as a group with their own learning rate.
+        let optimizer = &mut trainer_config.optimizer;
+        optimizer.head_patterns = vec!["^generator\\.".into()];
+        optimizer.head_lr_multiplier = config.rag_sequence.generator_lr / optimizer.lr;
+    }
     let scale = 1.0 / trainer_config.grad_accum_steps as f64;
     let seed = trainer_config.seed as i64;
     let questions = if trains {
