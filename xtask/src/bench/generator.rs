@@ -17,7 +17,7 @@ use std::process::Command;
 /// Threads for both sides: the whole of this project's 2-core CI machines.
 const THREADS: &str = "2";
 const CONFIG: &str = "configs/generator-bench.toml";
-const WORK: &str = "target/bench-generator";
+pub(super) const WORK: &str = "target/bench-generator";
 
 #[derive(clap::Args, Debug)]
 pub struct GeneratorArgs {
@@ -203,8 +203,9 @@ pub fn run(root: &Path, python: &Path, args: GeneratorArgs) -> Result<()> {
     Ok(())
 }
 
-/// The converted model and the imported, split FAQ, made once under `work`.
-fn prepare(root: &Path, ragtune: &Path, work: &Path) -> Result<()> {
+/// The converted model (`<work>/smollm2-hf`) and the imported, split FAQ (`<work>/faq`,
+/// `<work>/faq-split/{train,val,test}`), made once under `work` (also used by `bench joint`).
+pub(super) fn prepare(root: &Path, ragtune: &Path, work: &Path) -> Result<()> {
     let hf = work.join("smollm2-hf");
     if !hf.join("model.safetensors").exists() {
         let gguf = root.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -4,6 +4,7 @@
 mod data;
 mod encode;
 mod generator;
+mod joint;
 mod retriever;
 
 use anyhow::{bail, Context, Result};
@@ -23,6 +24,9 @@ pub enum Bench {
     Retriever(retriever::RetrieverArgs),
     /// `ragtune generator sft` (LoRA) vs TRL's SFTTrainer with PEFT LoRA on the same data and model.
     Generator(generator::GeneratorArgs),
+    /// `ragtune joint lsr`: LM scoring of (question, passage, answer) triples and the LSR retriever
+    /// step vs transformers and sentence-transformers on the same triples and batches.
+    Joint(joint::JointArgs),
 }
 
 pub fn run(root: &Path, python: &Path, which: Bench) -> Result<()> {
@@ -31,6 +35,7 @@ pub fn run(root: &Path, python: &Path, which: Bench) -> Result<()> {
         Bench::Data(args) => data::run(root, python, args),
         Bench::Retriever(args) => retriever::run(root, python, args),
         Bench::Generator(args) => generator::run(root, python, args),
+        Bench::Joint(args) => joint::run(root, python, args),
     }
 }
 
