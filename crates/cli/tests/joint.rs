@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{config, faq_slice, ragtune, run_ok, tiny_generator, GENERATOR};
+use common::{config, faq_slice, kill_once_saved, ragtune, run_ok, tiny_generator, GENERATOR};
 use ragtune_retrieval::{Corpus, DenseConfig, DenseRetriever};
 use ragtune_testkit::scratch;
 use serde_json::Value;
@@ -259,67 +259,39 @@ fn query_side_lsr_leaves_passages_and_index_bit_identical() {
     );
 }
 
+/// `ragtune joint ra-dit` with LM scores computed again each round.
+fn ra_dit_online(config: &Path) -> std::process::Command {
+    ragtune(&[
+        "joint",
+        "ra-dit",
+        "--config",
+        &config.display().to_string(),
+        "--set",
+        "lsr.scoring=\"online\"",
+    ])
+}
+
 #[test]
 fn a_killed_ra_dit_run_resumes_exactly() {
     let dir = scratch("joint-resume");
     let (base, generator) = stage_by_stage(&dir);
     let extra = "rounds = 2";
     let whole = joint_config(&dir, "whole", &base, &generator, extra);
-    run_ok(&mut ragtune(&[
-        "joint",
-        "ra-dit",
-        "--config",
-        &whole.display().to_string(),
-        "--set",
-        "lsr.scoring=\"online\"",
-    ]));
+    run_ok(&mut ra_dit_online(&whole));
 
     let killed = joint_config(&dir, "killed", &base, &generator, extra);
-    let mut child = ragtune(&[
-        "joint",
-        "ra-dit",
-        "--config",
-        &killed.display().to_string(),
-        "--set",
-        "lsr.scoring=\"online\"",
-    ])
-    .stdout(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = ra_dit_online(&killed)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Inside round 1's generator step, after its first checkpoint.
     let checkpoints = dir.join("runs/killed/round-1/generator/checkpoints");
-    let started = std::time::Instant::now();
-    loop {
-        let saved = std::fs::read_dir(&checkpoints)
-            .map(|d| d.count())
-            .unwrap_or(0);
-        if saved > 0 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before the generator step's first checkpoint"
-        );
-        assert!(
-            started.elapsed().as_secs() < 300,
-            "no checkpoint after 300 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_saved(&mut child, &checkpoints);
     assert!(
         !dir.join("runs/killed/round-1/generator/step.json").exists(),
         "killed too late"
     );
-    let resumed = run_ok(&mut ragtune(&[
-        "joint",
-        "ra-dit",
-        "--config",
-        &killed.display().to_string(),
-        "--set",
-        "lsr.scoring=\"online\"",
-    ]));
+    let resumed = run_ok(&mut ra_dit_online(&killed));
     assert!(
         resumed.contains("round-1/retriever: done before"),
         "{resumed}"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{config, faq_slice, ragtune, record, run_ok, tiny_generator, JOINT};
+use common::{config, faq_slice, kill_once_saved, ragtune, record, run_ok, tiny_generator, JOINT};
 use ragtune_testkit::{asset, scratch};
 use serde_json::Value;
 
@@ -210,26 +210,7 @@ fn a_killed_retriever_stage_resumes_to_the_numbers_of_an_uninterrupted_run() {
         .spawn()
         .unwrap();
     let checkpoints = dir.join("runs/killed/retriever/checkpoints");
-    let started = std::time::Instant::now();
-    loop {
-        let saved = std::fs::read_dir(&checkpoints)
-            .map(|d| d.count())
-            .unwrap_or(0);
-        if saved > 0 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before its first checkpoint"
-        );
-        assert!(
-            started.elapsed().as_secs() < 300,
-            "no checkpoint after 300 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_saved(&mut child, &checkpoints);
     let interrupted = record(&dir.join("runs/killed"), "retriever");
     assert_eq!(
         interrupted["status"], "running",

@@ -93,24 +93,19 @@ pub struct RetrieverSide {
     pub refresh_every_steps: u64,
     /// τ_r: the retriever's distribution is softmax(s / τ_r) over the top-k.
     pub temperature: f64,
-    /// The retriever step's optimiser, schedule and checkpoints (run folders are set per step).
+    /// The retriever step's optimiser, schedule and checkpoints (run folders are set per step);
+    /// the trainer's own defaults, as every recipe has them (lr 5e-5, batch 8).
     pub trainer: TrainerConfig,
 }
 
 impl Default for RetrieverSide {
     fn default() -> Self {
-        let mut trainer = TrainerConfig {
-            batch_size: 8,
-            ..TrainerConfig::default()
-        };
-        trainer.optimizer.lr = 1e-5;
-        trainer.checkpoint.every_steps = Some(10);
         Self {
             dense: DenseConfig::default(),
             towers: Towers::QueryOnly,
             refresh_every_steps: 50,
             temperature: ragtune_retriever_train::losses::DEFAULT_TEMPERATURE,
-            trainer,
+            trainer: TrainerConfig::default(),
         }
     }
 }
@@ -325,7 +320,7 @@ impl JointConfig {
                 return invalid(format!("{name} must be positive, got {t}"));
             }
         }
-        if !(self.rag_sequence.generator_lr > 0.0) {
+        if !(self.rag_sequence.generator_lr.is_finite() && self.rag_sequence.generator_lr > 0.0) {
             return invalid(format!(
                 "rag_sequence.generator_lr must be positive, got {}",
                 self.rag_sequence.generator_lr

@@ -188,13 +188,18 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Validation retrieval means by measure (also what the trainers evaluate between steps).
+    pub fn validation_retrieval(&self, retriever: &dyn Retriever) -> Result<BTreeMap<String, f64>> {
+        Ok(retrieval_per_query(retriever, self.val, &self.measures)?
+            .into_iter()
+            .map(|(m, v)| (m, mean(&v)))
+            .collect())
+    }
+
     /// A trajectory point: validation retrieval, the watch, and (when configured) validation answers.
     pub fn point(&self, label: &str, retriever: &dyn Retriever, lm: &CausalLm) -> Result<Point> {
         let started = std::time::Instant::now();
-        let retrieval = retrieval_per_query(retriever, self.val, &self.measures)?
-            .into_iter()
-            .map(|(m, v)| (m, mean(&v)))
-            .collect();
+        let retrieval = self.validation_retrieval(retriever)?;
         let watch = self.watch(retriever)?;
         let mut answers = BTreeMap::new();
         let mut answered = 0;

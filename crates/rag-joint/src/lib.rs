@@ -7,7 +7,7 @@
 //! - [`scoring`]: the generator's length-normalised answer log-likelihood per passage, cached in Parquet.
 //! - [`rag_sequence`]: the marginal likelihood's backward, accumulated over passages.
 //! - [`evaluate`]: the trajectory points, the retrieval-collapse watch, start against end on test.
-//! - [`recipe`]: `run(&JointConfig, Device) -> JointReport`, top to bottom; [`report`]: the page.
+//! - [`recipe`]: `run(&JointConfig, Device) -> JointReport`, top to bottom, one file per step; [`report`]: the page.
 
 pub mod config;
 mod error;

@@ -5,7 +5,7 @@
 use ragtune_testkit::asset;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 pub fn ragtune(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ragtune"));
@@ -180,4 +180,29 @@ pub fn config(
 pub fn record(run: &Path, stage: &str) -> Value {
     let text = std::fs::read_to_string(run.join(stage).join("stage.json")).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// Waits until `dir` holds an entry (a checkpoint), then kills `child` with SIGKILL: an
+/// interruption at a moment the run did not choose.
+pub fn kill_once_saved(child: &mut Child, dir: &Path) {
+    let started = std::time::Instant::now();
+    loop {
+        let saved = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        if saved > 0 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before anything was saved in {}",
+            dir.display()
+        );
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "nothing saved in {} after 300 s",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
