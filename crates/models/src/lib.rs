@@ -6,6 +6,7 @@ pub mod bert;
 pub mod chat;
 pub mod checkpoint;
 pub mod checkpointing;
+pub mod cross_encoder;
 pub mod device;
 pub mod dropout;
 pub mod encoder;
