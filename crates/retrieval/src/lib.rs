@@ -6,21 +6,32 @@
 //! - [`index`]: exact and HNSW nearest-neighbour search over embeddings.
 //! - [`dense`]: a sentence-transformers folder over a cached corpus embedding.
 //! - [`tfidf`]: the lexical baseline.
+//! - [`analyzer`], [`bm25`]: Lucene's BM25 over a saved, checksummed inverted index.
+//! - [`hybrid`]: reciprocal-rank and weighted score fusion of several retrievers, with a weight sweep.
+//! - [`rerank`]: a cross-encoder reordering any first stage's top k.
 //!
-//! Backends are chosen by [`RetrievalConfig`]; hybrid search and rerankers plug in as further
-//! implementations of the same trait.
+//! Backends are chosen by [`RetrievalConfig`] (`dense`, `tfidf`, `bm25`, `hybrid`, `rerank`), and
+//! they nest: a reranked hybrid of BM25 and a dense model is one config.
 
+pub mod analyzer;
+pub mod bm25;
 pub mod corpus;
 pub mod dense;
 mod error;
+pub mod hybrid;
 pub mod index;
+pub mod rerank;
 mod similarity;
 pub mod tfidf;
 
+pub use analyzer::{Analyzer, Stemmer, Stopwords};
+pub use bm25::{Bm25Config, Bm25Index, Bm25Retriever};
 pub use corpus::{passage_text, Corpus};
 pub use dense::{DenseConfig, DenseRetriever};
 pub use error::{Result, RetrievalError};
+pub use hybrid::{Fusion, HybridConfig, HybridRetriever, Normalization};
 pub use index::{Hit, HnswConfig, SearchKind};
+pub use rerank::{rerank_hits, RerankConfig, RerankingRetriever};
 pub use similarity::Similarity;
 pub use tfidf::TfIdfRetriever;
 
@@ -48,6 +59,21 @@ pub enum RetrievalConfig {
     /// TF-IDF over titles and texts: no model, the lexical baseline.
     #[default]
     Tfidf,
+    /// BM25 (Lucene's variant) over titles and texts, the index saved in `cache_dir`.
+    Bm25(Bm25Config),
+    /// Several retrievers' rankings fused (reciprocal-rank or weighted scores).
+    Hybrid(HybridConfig),
+    /// A first stage whose top k a cross-encoder reorders.
+    Rerank(RerankedConfig),
+}
+
+/// `backend = "rerank"`: the first stage as `[retrieval.first_stage]` (any backend), the
+/// cross-encoder as `[retrieval.reranker]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerankedConfig {
+    pub first_stage: Box<RetrievalConfig>,
+    pub reranker: RerankConfig,
 }
 
 impl RetrievalConfig {
@@ -63,6 +89,18 @@ impl RetrievalConfig {
                 Box::new(DenseRetriever::load(config, corpus, device)?)
             }
             RetrievalConfig::Tfidf => Box::new(TfIdfRetriever::new(corpus)),
+            RetrievalConfig::Bm25(config) => Box::new(Bm25Retriever::load(config, corpus)?),
+            RetrievalConfig::Hybrid(config) => {
+                Box::new(HybridRetriever::load(config, corpus, device)?)
+            }
+            RetrievalConfig::Rerank(config) => {
+                let first_stage = config.first_stage.build(corpus, device)?;
+                Box::new(RerankingRetriever::new(
+                    first_stage,
+                    &config.reranker,
+                    device,
+                )?)
+            }
         })
     }
 }
