@@ -18,6 +18,7 @@ pub mod gradcache;
 pub mod losses;
 pub mod mining;
 pub mod model;
+pub mod reranker;
 pub mod train;
 
 pub use error::{Result, RetrieverError};
