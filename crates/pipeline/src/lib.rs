@@ -11,6 +11,7 @@
 //! - [`config`]: the pipeline's TOML and `--set` overrides.
 //! - [`stages`]: the stages before evaluation; [`end_to_end`]: the 2×2; [`report`]: the page.
 
+pub mod compare;
 pub mod config;
 pub mod end_to_end;
 mod error;
