@@ -20,6 +20,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MALLOC_CONF: &[u8; 64] =
     b"dirty_decay_ms:-1,muzzy_decay_ms:-1,lg_extent_max_active_fit:10\0";
 
+mod classify;
+mod compare;
 mod convert;
 mod data;
 mod embed;
@@ -28,6 +30,8 @@ mod generate;
 mod generator;
 mod joint;
 mod pipeline;
+mod reranker;
+mod retrieve;
 mod retriever;
 
 use anyhow::Result;
@@ -62,6 +66,11 @@ enum Command {
     Eval(eval::Args),
     /// Dense retriever fine-tuning: mine hard negatives, train, evaluate, export.
     Retriever(retriever::Args),
+    /// Search a dataset's queries with any `[retrieval]` config (dense, TF-IDF, BM25, hybrid) and
+    /// write a TREC run, with phase timings.
+    Retrieve(retrieve::Args),
+    /// Retrievers side by side on one split (alone, fused, reranked) with CIs against a baseline.
+    Compare(compare::Args),
     /// Datasets: import, inspect, tokenize, dedup, split, export.
     Data(data::Args),
     /// Sentence embeddings of a JSONL or Parquet file, written as Parquet.
@@ -72,6 +81,10 @@ enum Command {
     Generate(generate::Args),
     /// Generator fine-tuning: SFT (full or PEFT), evaluation, merging adapters.
     Generator(generator::Args),
+    /// Cross-encoder reranker: train on mined triplets, evaluate over a first stage, export.
+    Reranker(reranker::Args),
+    /// Task heads: sequence classification or regression on an encoder, full or PEFT (`train`, `eval`).
+    Classify(classify::Args),
     /// Joint training, the generator teaching the retriever: `lsr`, `ra-dit` or `rag-sequence`.
     Joint(joint::Args),
 }
@@ -105,6 +118,10 @@ fn main() -> Result<()> {
         Command::Joint(args) => joint::run(args, device),
         Command::Data(args) => data::run(args),
         Command::Retriever(args) => retriever::run(args, device),
+        Command::Retrieve(args) => retrieve::run(args, device),
+        Command::Compare(args) => compare::run(args, device),
+        Command::Reranker(args) => reranker::run(args, device),
+        Command::Classify(args) => classify::run(args, device),
         Command::Eval(args) => eval::run(args),
         Command::Device => {
             println!("device: {device:?}");

@@ -61,6 +61,11 @@ enum Command {
         /// Pairs per scoring call.
         #[arg(long, default_value_t = 256)]
         chunk: usize,
+        /// Score with this cross-encoder folder (a `ragtune reranker train` run's model/, or any
+        /// sentence-transformers CrossEncoder) instead of the config's bi-encoder: its logits
+        /// become the teacher scores, to distil the reranker into the bi-encoder.
+        #[arg(long)]
+        cross_encoder: Option<PathBuf>,
     },
     /// Evaluate zero-shot, train, evaluate again; writes runs/<name>/report.md and report.json.
     Train {
@@ -132,6 +137,28 @@ fn score_with(
     Ok(())
 }
 
+/// Rescores `triplets` with the cross-encoder folder `dir` and prints what it did.
+fn score_with_cross_encoder(
+    dir: &std::path::Path,
+    triplets: &mut [ragtune_data::Triplet],
+    chunk: usize,
+    device: Device,
+) -> Result<()> {
+    use ragtune_models::cross_encoder::{CrossEncoder, HeadInit};
+    let model = CrossEncoder::load(dir, device, Kind::Float, HeadInit::default())
+        .with_context(|| format!("loading the cross-encoder {}", dir.display()))?;
+    if !model.head_loaded() {
+        anyhow::bail!(
+            "{}: no classifier in this folder, so it is no trained cross-encoder to teach with",
+            dir.display()
+        );
+    }
+    let name = dir.display().to_string();
+    let report = tch::no_grad(|| mining::score_triplets(&model, triplets, &name, chunk))?;
+    println!("teacher {name}: {}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 pub fn run(args: Args, device: Device) -> Result<()> {
     match args.command {
         Command::Mine {
@@ -172,11 +199,15 @@ pub fn run(args: Args, device: Device) -> Result<()> {
             triplets,
             out,
             chunk,
+            cross_encoder,
         } => {
             let config = load_config(&common)?;
             let mut rows: Vec<ragtune_data::Triplet> = ragtune_data::read_table(&triplets)
                 .with_context(|| format!("reading {}", triplets.display()))?;
-            score_with(&config, &mut rows, chunk, device)?;
+            match cross_encoder {
+                Some(dir) => score_with_cross_encoder(&dir, &mut rows, chunk, device)?,
+                None => score_with(&config, &mut rows, chunk, device)?,
+            }
             ragtune_data::write_table(&out, &rows)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} scored triplets to {}", rows.len(), out.display());
