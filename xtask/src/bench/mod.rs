@@ -1,6 +1,7 @@
 //! Benchmarks: each runs ragtune and its Python peer on the same workload in one run, measures
 //! throughput and peak RSS of each as a child process, and prints the ratios.
 
+mod bm25;
 mod data;
 mod encode;
 mod generator;
@@ -27,6 +28,9 @@ pub enum Bench {
     /// `ragtune joint lsr`: LM scoring of (question, passage, answer) triples and the LSR retriever
     /// step vs transformers and sentence-transformers on the same triples and batches.
     Joint(joint::JointArgs),
+    /// `ragtune retrieve` (BM25, Lucene's variant) vs bm25s on a generated 200k-passage corpus: index
+    /// build, save and load, queries/s at top-10 and top-100, peak RSS, top-10 agreement.
+    Bm25(bm25::Bm25Args),
 }
 
 pub fn run(root: &Path, python: &Path, which: Bench) -> Result<()> {
@@ -36,6 +40,7 @@ pub fn run(root: &Path, python: &Path, which: Bench) -> Result<()> {
         Bench::Retriever(args) => retriever::run(root, python, args),
         Bench::Generator(args) => generator::run(root, python, args),
         Bench::Joint(args) => joint::run(root, python, args),
+        Bench::Bm25(args) => bm25::run(root, python, args),
     }
 }
 
