@@ -37,7 +37,8 @@ pub enum Measure {
 }
 
 impl Measure {
-    fn cutoff(self) -> Option<usize> {
+    /// The rank cutoff k of `measure@k`; `None` for MAP over the whole ranking.
+    pub fn cutoff(self) -> Option<usize> {
         match self {
             Measure::Recall(k)
             | Measure::Precision(k)

@@ -11,6 +11,7 @@
 //! 5. Score each row per query, compare it with the baseline by a paired bootstrap, and write
 //!    `summary.json` and `report.{html,md,json}` under `runs/<name>/`.
 
+use crate::end_to_end::Compared;
 use crate::{PipelineError, Result};
 use ragtune_data::Dataset;
 use ragtune_eval::retrieval::{evaluate as score_run, Measure, Qrels};
@@ -174,22 +175,12 @@ impl CompareConfig {
     }
 }
 
-/// A mean and, for rows other than the baseline, the paired difference with its interval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MeasureCell {
-    pub mean: f64,
-    pub difference: Option<f64>,
-    pub ci_low: Option<f64>,
-    pub ci_high: Option<f64>,
-    pub p_value: Option<f64>,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompareRow {
     pub name: String,
     pub description: String,
     pub reranked: bool,
-    pub measures: BTreeMap<String, MeasureCell>,
+    pub measures: BTreeMap<String, Compared>,
     /// Search (and reranking) time over all queries.
     pub seconds: f64,
 }
@@ -245,18 +236,6 @@ fn judged(ds: &Dataset, dir: &Path) -> Result<Judged> {
         )));
     }
     Ok(Judged { ids, texts, qrels })
-}
-
-fn depth_of(measure: Measure) -> usize {
-    match measure {
-        Measure::Recall(k)
-        | Measure::Precision(k)
-        | Measure::Mrr(k)
-        | Measure::Ndcg(k)
-        | Measure::Hit(k)
-        | Measure::MapAt(k) => k,
-        Measure::Map => 1000,
-    }
 }
 
 /// Per-query values of each measure, in `judged.ids` order (a query the run lacks scores 0).
@@ -316,7 +295,7 @@ fn swept_hybrid(
         .collect::<ragtune_retrieval::Result<Vec<_>>>()?;
     let measure = Measure::parse(&config.sweep.measure)?;
     let texts: Vec<&str> = judged.texts.iter().map(String::as_str).collect();
-    let depth = hybrid.depth.max(depth_of(measure));
+    let depth = hybrid.depth.max(measure.cutoff().unwrap_or(1000));
     let rankings = parts
         .iter()
         .map(|p| p.search(&texts, depth))
@@ -377,7 +356,7 @@ pub fn run(config: &CompareConfig, device: Device) -> Result<CompareReport> {
     let rerank_k = config.rerank.as_ref().map_or(0, |r| r.k);
     let depth = measures
         .iter()
-        .map(|&m| depth_of(m))
+        .map(|m| m.cutoff().unwrap_or(1000))
         .max()
         .unwrap_or(10)
         .max(rerank_k);
@@ -454,7 +433,7 @@ pub fn run(config: &CompareConfig, device: Device) -> Result<CompareReport> {
             let column = &values[&name];
             let mean = column.iter().sum::<f64>() / column.len() as f64;
             let cell = if i == baseline {
-                MeasureCell {
+                Compared {
                     mean,
                     difference: None,
                     ci_low: None,
@@ -469,7 +448,7 @@ pub fn run(config: &CompareConfig, device: Device) -> Result<CompareReport> {
                     config.confidence,
                     config.seed,
                 )?;
-                MeasureCell {
+                Compared {
                     mean,
                     difference: Some(b.mean_difference),
                     ci_low: Some(b.ci_low),

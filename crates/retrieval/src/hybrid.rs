@@ -348,7 +348,8 @@ pub fn sweep_weights(
             rankings.len()
         )));
     }
-    let k = measure_depth(measure);
+    // MAP has no cutoff: fuse deep enough for it to see the whole fused list.
+    let k = measure.cutoff().unwrap_or(1000);
     let mut points = Vec::with_capacity(grid.len());
     for &w in grid {
         if !(0.0..=1.0).contains(&w) {
@@ -372,18 +373,6 @@ pub fn sweep_weights(
     }
     points.sort_by(|a, b| b.score.total_cmp(&a.score));
     Ok(points)
-}
-
-fn measure_depth(measure: Measure) -> usize {
-    match measure {
-        Measure::Recall(k)
-        | Measure::Precision(k)
-        | Measure::Mrr(k)
-        | Measure::Ndcg(k)
-        | Measure::Hit(k)
-        | Measure::MapAt(k) => k,
-        Measure::Map => 1000,
-    }
 }
 
 #[cfg(test)]
