@@ -160,18 +160,27 @@ pub struct RetrieverConfig {
     pub trainer: TrainerConfig,
 }
 
+/// Reads a recipe's TOML from `path`, naming the file and suggesting the nearest key on an
+/// unknown one, then runs its `validate`.
+pub(crate) fn read_config<C: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&C) -> Result<()>,
+) -> Result<C> {
+    let text = std::fs::read_to_string(path).map_err(|e| RetrieverError::io(path, e))?;
+    let config: C = toml::from_str(&text).map_err(|e| RetrieverError::Config {
+        path: path.to_path_buf(),
+        message: ragtune_trainer::config_errors::with_suggestion(&e.to_string()),
+    })?;
+    validate(&config).map_err(|e| RetrieverError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(config)
+}
+
 impl RetrieverConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| RetrieverError::io(path, e))?;
-        let config: Self = toml::from_str(&text).map_err(|e| RetrieverError::Config {
-            path: path.to_path_buf(),
-            message: ragtune_trainer::config_errors::with_suggestion(&e.to_string()),
-        })?;
-        config.validate().map_err(|e| RetrieverError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(config)
+        crate::train::read_config(path, Self::validate)
     }
 
     /// Settings that contradict each other, found before any model or data is loaded.

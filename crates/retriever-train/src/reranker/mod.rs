@@ -11,246 +11,27 @@
 //! A trained cross-encoder also scores triplets as a teacher (`ragtune retriever score`), through
 //! the [`PairScorer`] implementation here, for distillation into the bi-encoder.
 
+mod config;
 pub mod losses;
+mod report;
+
+pub use config::*;
 
 use crate::evaluate::{evaluate_hits, measures, Evaluation, RUN_DEPTH};
 use crate::mining::PairScorer;
-use crate::train::{load_splits, read_training_triplets, DataConfig};
+use crate::train::{load_splits, read_training_triplets};
 use crate::{Result, RetrieverError};
 use ragtune_data::{Dataset, Triplet};
-use ragtune_eval::significance::paired_bootstrap;
 use ragtune_models::cross_encoder::{CrossEncoder, HeadInit};
 use ragtune_models::tokenize::TokenizedText;
 use ragtune_retrieval::{rerank_hits, Corpus, Hit, RetrievalConfig};
-use ragtune_trainer::{Metrics, Trainer, TrainerConfig};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use ragtune_trainer::{Metrics, Trainer};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// The exported model, in the run folder.
 pub const MODEL_DIR: &str = "model";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RerankerModelConfig {
-    /// A CrossEncoder folder to continue from, or an encoder folder (a sentence-transformers
-    /// bi-encoder or a plain BERT) to start a cross-encoder from.
-    pub base: PathBuf,
-    /// Tokens per (query, passage) pair, special tokens included.
-    pub max_length: usize,
-    /// Seeds the pooler and classifier when the base has none.
-    pub init_seed: u64,
-    /// Pairs per forward pass when reranking for evaluation.
-    pub eval_batch_size: usize,
-}
-
-impl Default for RerankerModelConfig {
-    fn default() -> Self {
-        Self {
-            base: PathBuf::from("assets/all-MiniLM-L6-v2"),
-            max_length: 256,
-            init_seed: 42,
-            eval_batch_size: 64,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RerankerLossKind {
-    /// Pointwise: positive 1, negatives 0.
-    #[default]
-    BinaryCrossEntropy,
-    /// Softmax cross-entropy over the positive and the triplet's negatives.
-    Listwise,
-    /// Margin-MSE onto the triplets' teacher scores (`ragtune retriever score`).
-    MarginMse,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RerankerLossConfig {
-    pub kind: RerankerLossKind,
-    /// Negatives per triplet to train on (the first ones of each row); all when unset.
-    pub max_negatives: Option<usize>,
-    /// The listwise softmax's temperature.
-    pub temperature: f64,
-    /// Multiplies the teacher's scores before Margin-MSE, to bring a teacher of another range (a
-    /// cosine bi-encoder spans [-1, 1]) to the logits'.
-    pub teacher_scale: f64,
-}
-
-impl Default for RerankerLossConfig {
-    fn default() -> Self {
-        Self {
-            kind: RerankerLossKind::default(),
-            max_negatives: None,
-            temperature: 1.0,
-            teacher_scale: 1.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RerankerEvalConfig {
-    /// How many of the first stage's hits the cross-encoder reranks.
-    pub k: usize,
-    pub bootstrap_resamples: usize,
-    pub confidence: f64,
-    pub bootstrap_seed: u64,
-}
-
-impl Default for RerankerEvalConfig {
-    fn default() -> Self {
-        Self {
-            k: 20,
-            bootstrap_resamples: 2000,
-            confidence: 0.95,
-            bootstrap_seed: 0,
-        }
-    }
-}
-
-/// Where the training negatives come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum NegativeSource {
-    /// The `triplets` file's mined negatives (teacher scores too, for Margin-MSE).
-    #[default]
-    Triplets,
-    /// The configured `first_stage` retriever's top `negatives.k` for each training question,
-    /// its gold passages removed: the very candidates the reranker reorders at inference, so it
-    /// trains on the distribution it is used on.
-    FirstStage,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RerankerNegativesConfig {
-    pub source: NegativeSource,
-    /// `first_stage` only: how deep in the first stage's ranking the negatives are taken from.
-    pub k: usize,
-    /// `first_stage` only: negatives per question in each step, drawn afresh at every step from
-    /// that question's pool (the run's checkpointed RNG, so a resumed run draws the same), so
-    /// that each epoch sees other negatives at the cost of `1 + per_query` pairs per question.
-    pub per_query: usize,
-}
-
-impl Default for RerankerNegativesConfig {
-    fn default() -> Self {
-        Self {
-            source: NegativeSource::Triplets,
-            k: 20,
-            per_query: 7,
-        }
-    }
-}
-
-/// A whole run, as `configs/reranker-*.toml` spells it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RerankerConfig {
-    pub data: DataConfig,
-    /// The mined triplets (`ragtune retriever mine`; teacher-scored by `ragtune retriever score`
-    /// for Margin-MSE). Every query must belong to the training split. Unread when
-    /// `negatives.source = "first_stage"`.
-    pub triplets: PathBuf,
-    pub negatives: RerankerNegativesConfig,
-    pub model: RerankerModelConfig,
-    pub loss: RerankerLossConfig,
-    /// The retriever whose top `eval.k` the cross-encoder reranks in evaluation (and, with
-    /// `negatives.source = "first_stage"`, whose top `negatives.k` give the training negatives).
-    pub first_stage: RetrievalConfig,
-    pub eval: RerankerEvalConfig,
-    pub trainer: TrainerConfig,
-}
-
-impl Default for RerankerConfig {
-    fn default() -> Self {
-        Self {
-            data: DataConfig::default(),
-            triplets: PathBuf::from("runs/retriever-faq/triplets.parquet"),
-            negatives: RerankerNegativesConfig::default(),
-            model: RerankerModelConfig::default(),
-            loss: RerankerLossConfig::default(),
-            first_stage: RetrievalConfig::default(),
-            eval: RerankerEvalConfig::default(),
-            trainer: TrainerConfig::default(),
-        }
-    }
-}
-
-impl RerankerConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| RetrieverError::io(path, e))?;
-        let config: Self = toml::from_str(&text).map_err(|e| RetrieverError::Config {
-            path: path.to_path_buf(),
-            message: ragtune_trainer::config_errors::with_suggestion(&e.to_string()),
-        })?;
-        config.validate().map_err(|e| RetrieverError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(config)
-    }
-
-    /// Settings that cannot work, found before any model or data is loaded.
-    pub fn validate(&self) -> Result<()> {
-        let invalid = |m: String| Err(RetrieverError::Invalid(m));
-        if self.model.max_length < 3 {
-            return invalid(format!(
-                "model.max_length {}: a pair needs room for [CLS], [SEP] and [SEP]",
-                self.model.max_length
-            ));
-        }
-        if self.model.eval_batch_size == 0 {
-            return invalid("model.eval_batch_size must be at least 1".into());
-        }
-        if self.eval.k == 0 {
-            return invalid("eval.k must be at least 1".into());
-        }
-        if self.loss.temperature.is_nan() || self.loss.temperature <= 0.0 {
-            return invalid(format!(
-                "loss.temperature {}: it must be positive",
-                self.loss.temperature
-            ));
-        }
-        if self.loss.max_negatives == Some(0)
-            && self.loss.kind != RerankerLossKind::BinaryCrossEntropy
-        {
-            return invalid(format!(
-                "loss.max_negatives = 0 leaves {:?} nothing to compare the positive with",
-                self.loss.kind
-            ));
-        }
-        if self.negatives.source == NegativeSource::FirstStage {
-            if self.negatives.k == 0 || self.negatives.per_query == 0 {
-                return invalid(format!(
-                    "negatives.k = {} and negatives.per_query = {}: first-stage negatives need \
-                     both to be at least 1",
-                    self.negatives.k, self.negatives.per_query
-                ));
-            }
-            if self.loss.kind == RerankerLossKind::MarginMse {
-                return invalid(
-                    "loss.kind = margin_mse needs teacher scores, which only the triplets carry; \
-                     use negatives.source = \"triplets\" with a scored triplets file"
-                        .into(),
-                );
-            }
-            if self.loss.max_negatives.is_some() {
-                return invalid(
-                    "loss.max_negatives applies to the triplets' negatives; with \
-                     negatives.source = \"first_stage\" set negatives.per_query instead"
-                        .into(),
-                );
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A trained cross-encoder as a teacher for `ragtune retriever score`: its logits become the
 /// triplets' `positive_score` and negative scores, for Margin-MSE or KL into the bi-encoder.
@@ -688,14 +469,14 @@ pub fn run(config: &RerankerConfig, device: Device) -> Result<RerankerReport> {
             test_set.reranked(&model, config.eval.k)?,
         ),
     ];
-    let (report, markdown) = build_report(
+    let (report, markdown) = report::build_report(
         config,
         &val_set.describe,
         &evaluations,
         &summary,
         rows.len(),
     )?;
-    write_report(&run_dir, &report, &markdown)?;
+    report::write_report(&run_dir, &report, &markdown)?;
     Ok(RerankerReport {
         run_dir,
         model_dir,
@@ -730,98 +511,6 @@ pub fn evaluate(
         set.first_stage()?,
         set.reranked(model, config.eval.k)?,
     ))
-}
-
-fn build_report(
-    config: &RerankerConfig,
-    first_stage: &str,
-    evaluations: &[(&str, Evaluation, Evaluation); 2],
-    summary: &ragtune_trainer::RunSummary,
-    train_triplets: usize,
-) -> Result<(serde_json::Value, String)> {
-    let e = &config.eval;
-    let mut md = format!(
-        "# Reranker run `{}`\n\nCross-encoder from `{}`, loss {:?}, {} training rows \
-         (negatives: {}), {} optimizer steps{}. First stage: {}; the cross-encoder reranks its \
-         top {}.\n",
-        config.trainer.run_name,
-        config.model.base.display(),
-        config.loss.kind,
-        train_triplets,
-        match config.negatives.source {
-            NegativeSource::Triplets => format!("mined, {}", config.triplets.display()),
-            NegativeSource::FirstStage => format!(
-                "{} per question per step, drawn from the first stage's top {}",
-                config.negatives.per_query, config.negatives.k
-            ),
-        },
-        summary.steps,
-        if summary.stopped_early {
-            " (stopped early)"
-        } else {
-            ""
-        },
-        first_stage,
-        e.k,
-    );
-    let mut splits = serde_json::Map::new();
-    for (split, before, after) in evaluations {
-        md.push_str(&format!(
-            "\n## {split} ({} queries; paired bootstrap, {} resamples, {:.0}% CI of reranked − first stage)\n\n\
-             | measure | first stage | reranked | difference | CI low | CI high | p |\n|---|---|---|---|---|---|---|\n",
-            after.exact.num_queries,
-            e.bootstrap_resamples,
-            e.confidence * 100.0
-        ));
-        let mut rows = Vec::new();
-        for measure in measures() {
-            let name = measure.to_string();
-            let per_query = |ev: &Evaluation| -> Vec<f64> {
-                ev.exact
-                    .per_query
-                    .values()
-                    .map(|m| m.get(&name).copied().unwrap_or(0.0))
-                    .collect()
-            };
-            let ci = paired_bootstrap(
-                &per_query(before),
-                &per_query(after),
-                e.bootstrap_resamples,
-                e.confidence,
-                e.bootstrap_seed,
-            )?;
-            md.push_str(&format!(
-                "| {name} | {:.4} | {:.4} | {:+.4} | {:+.4} | {:+.4} | {:.4} |\n",
-                ci.mean_a, ci.mean_b, ci.mean_difference, ci.ci_low, ci.ci_high, ci.p_value
-            ));
-            rows.push(json!({
-                "measure": name, "first_stage": ci.mean_a, "reranked": ci.mean_b,
-                "difference": ci.mean_difference, "ci_low": ci.ci_low, "ci_high": ci.ci_high,
-                "p_value": ci.p_value,
-            }));
-        }
-        splits.insert(split.to_string(), json!(rows));
-    }
-    let report = json!({
-        "run": config.trainer.run_name,
-        "base": config.model.base,
-        "first_stage": first_stage,
-        "k": e.k,
-        "steps": summary.steps,
-        "stopped_early": summary.stopped_early,
-        "best_checkpoint": summary.best_checkpoint,
-        "train_triplets": train_triplets,
-        "splits": splits,
-        "config": config,
-    });
-    Ok((report, md))
-}
-
-fn write_report(run_dir: &Path, report: &serde_json::Value, markdown: &str) -> Result<()> {
-    let json_text = serde_json::to_vec_pretty(report).expect("the report serializes");
-    ragtune_models::checkpoint::atomic_write(&run_dir.join("report.json"), &json_text)?;
-    ragtune_models::checkpoint::atomic_write(&run_dir.join("report.md"), markdown.as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]
